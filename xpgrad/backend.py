@@ -1,0 +1,280 @@
+"""The array-module abstraction: the one module in xpgrad that imports CuPy.
+
+Everything else asks this module for ``xp`` (NumPy or CuPy) and for devices,
+so code is written once against ``xp`` and runs on either backend.
+
+Two facts about CuPy are kept apart, because they need different fixes:
+
+* CuPy is not installed (``pip install 'xpgrad[cuda12]'``);
+* CuPy is installed but no GPU or driver is usable (check ``nvidia-smi``, the
+  driver version, or ``docker run --gpus all``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import numpy
+
+from .errors import DeviceError
+
+try:  # pragma: no cover - depends on the machine
+    import cupy
+    import cupyx
+
+    _CUPY_IMPORT_ERROR: Exception | None = None
+except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+    cupy = None
+    cupyx = None
+    _CUPY_IMPORT_ERROR = exc
+
+#: Set ``XPGRAD_FUSED=0`` to run the generic ``xp`` code on the GPU instead of
+#: the fused kernels, so both can be compared on the same device.
+FUSED_ENV = "XPGRAD_FUSED"
+
+_INSTALL_HINT = "pip install 'xpgrad[cuda12]' (CUDA 12 driver) or 'xpgrad[cuda13]' (CUDA 13 driver)"
+
+
+# ---------------------------------------------------------------------------
+# What is available
+
+
+def cupy_installed() -> bool:
+    """True when ``import cupy`` succeeded."""
+    return cupy is not None
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> tuple[bool, str]:
+    """Whether a CUDA GPU is usable through CuPy, and if not, why (one line).
+
+    The answer is cached: the set of GPUs does not change while a process runs.
+    """
+    if cupy is None:
+        return False, f"CuPy is not installed ({_CUPY_IMPORT_ERROR}); install it with {_INSTALL_HINT}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, no device
+        return False, (
+            f"CuPy {cupy.__version__} is installed but CUDA is not usable ({_one_line(exc)}); "
+            "check that an NVIDIA driver is loaded (nvidia-smi), that it is new enough for this CuPy, "
+            "and in Docker that the container was started with --gpus all"
+        )
+    if count == 0:
+        return False, (
+            f"CuPy {cupy.__version__} is installed but no CUDA GPU is visible; "
+            "check nvidia-smi and CUDA_VISIBLE_DEVICES, and in Docker use --gpus all"
+        )
+    return True, f"{count} CUDA GPU(s) visible to CuPy {cupy.__version__}"
+
+
+def gpu_available() -> bool:
+    """True when at least one CUDA GPU can be used through CuPy."""
+    return gpu_status()[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def fused_enabled() -> bool:
+    """Whether ops use the fused CuPy kernels (default) or the generic ``xp`` code."""
+    return os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# ---------------------------------------------------------------------------
+# Arrays and their module
+
+
+def is_cupy_array(a) -> bool:
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def _describe(a) -> str:
+    if is_cupy_array(a):
+        return f"cuda:{a.device.id}"
+    return "cpu"
+
+
+def get_array_module(*arrays):
+    """Return ``numpy`` or ``cupy`` according to the arrays' types.
+
+    Non-array arguments (Python scalars, None) are ignored. Mixing host and
+    device arrays raises :class:`DeviceError` naming both devices, instead of
+    silently copying.
+    """
+    found = None
+    for a in arrays:
+        if is_cupy_array(a):
+            kind = "cuda"
+        elif isinstance(a, (numpy.ndarray, numpy.generic)):
+            kind = "cpu"
+        else:
+            continue
+        if found is None:
+            found = (kind, a)
+        elif found[0] != kind:
+            raise DeviceError(
+                f"arrays live on different devices ({_describe(found[1])} and {_describe(a)}); "
+                "move them to one device first with xpgrad.backend.to_device"
+            )
+    if found is not None and found[0] == "cuda":
+        return cupy
+    return numpy
+
+
+# ---------------------------------------------------------------------------
+# Devices
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+class Device:
+    """A place arrays live: the CPU (NumPy) or one CUDA GPU (CuPy).
+
+    Use it as a context manager to make a GPU current while allocating.
+    """
+
+    def __init__(self, kind: str, index: int | None = None):
+        self.kind = kind
+        self.index = index
+
+    @property
+    def xp(self):
+        return cupy if self.kind == "cuda" else numpy
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"Device('{self}')"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Device) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __enter__(self):
+        if self.is_gpu:
+            self._ctx = cupy.cuda.Device(self.index)
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.is_gpu:
+            self._ctx.__exit__(*exc)
+        return False
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (no-op on the CPU). Used by timing code only."""
+        if self.is_gpu:
+            cupy.cuda.Device(self.index).synchronize()
+
+    def name(self) -> str:
+        """A human name: the GPU's model, or 'cpu'."""
+        if not self.is_gpu:
+            return "cpu"
+        props = cupy.cuda.runtime.getDeviceProperties(self.index)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+
+CPU = Device("cpu")
+
+
+def get_device(name: str | Device = "cpu") -> Device:
+    """Parse ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` into a usable :class:`Device`.
+
+    ``"auto"`` picks ``cuda:0`` when a GPU is usable and the CPU otherwise.
+    Asking for a GPU that cannot be used raises :class:`DeviceError` with a
+    one-line reason (CuPy missing, or CuPy present but no usable GPU/driver).
+    """
+    if isinstance(name, Device):
+        return name
+    text = str(name).strip().lower()
+    if text == "auto":
+        return Device("cuda", 0) if gpu_available() else CPU
+    match = _DEVICE_RE.match(text)
+    if not match:
+        raise DeviceError(f"unknown device {name!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index is not None:
+            raise DeviceError(f"unknown device {name!r}; the CPU takes no index, use 'cpu'")
+        return CPU
+    ok, reason = gpu_status()
+    if not ok:
+        raise DeviceError(f"cannot use device {name!r}: {reason}")
+    index = int(index or 0)
+    count = cupy.cuda.runtime.getDeviceCount()
+    if index >= count:
+        raise DeviceError(f"cannot use device {name!r}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})")
+    return Device("cuda", index)
+
+
+def device_of(a) -> Device:
+    """The device an array lives on."""
+    if is_cupy_array(a):
+        return Device("cuda", a.device.id)
+    return CPU
+
+
+def to_numpy(a):
+    """Return ``a`` as a NumPy array (copying from the GPU if needed)."""
+    if is_cupy_array(a):
+        return cupy.asnumpy(a)
+    return numpy.asarray(a)
+
+
+def to_device(a, device: str | Device = "cpu"):
+    """Return ``a`` on ``device`` (no copy when it is already there)."""
+    device = get_device(device)
+    if not device.is_gpu:
+        return to_numpy(a)
+    with cupy.cuda.Device(device.index):
+        return cupy.asarray(a)
+
+
+# ---------------------------------------------------------------------------
+# Kernels: built here so that kernel modules never import CuPy themselves.
+
+
+def elementwise_kernel(in_params: str, out_params: str, operation: str, name: str, **kwargs):
+    """Build a ``cupy.ElementwiseKernel`` (CuPy compiles it on first call per dtype)."""
+    _require_cupy()
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
+
+
+def reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, **kwargs):
+    """Build a ``cupy.ReductionKernel`` (compiled on first call per dtype)."""
+    _require_cupy()
+    return cupy.ReductionKernel(
+        in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, **kwargs
+    )
+
+
+def _require_cupy():
+    if cupy is None:
+        raise DeviceError(f"CuPy is not installed; install it with {_INSTALL_HINT}")
+
+
+def cupy_include_dirs() -> list[str]:
+    """Header folders CuPy passes to NVRTC (for compiling kernel source without a GPU)."""
+    _require_cupy()
+    from cupy import _environment  # noqa: PLC0415 - internal, only used by checks
+
+    base = os.path.join(os.path.dirname(cupy.__file__), "_core", "include")
+    dirs = [base]
+    try:
+        dirs += list(_environment.get_cuda_path() and [os.path.join(_environment.get_cuda_path(), "include")] or [])
+    except Exception:
+        pass
+    return dirs
