@@ -15,7 +15,7 @@ def _cupy_param():
     ok, reason = backend.gpu_status()
     marks = [pytest.mark.gpu]
     if not ok:
-        marks.append(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
+        marks.append(pytest.mark.skip(reason=f"no usable GPU: {reason.split(';')[0]}"))
     return pytest.param("cupy", marks=marks, id="cupy")
 
 
@@ -32,7 +32,7 @@ def gpu_xp():
     """CuPy, for tests that only make sense on a GPU (e.g. fused vs generic)."""
     ok, reason = backend.gpu_status()
     if not ok:
-        pytest.skip(f"no usable GPU: {reason}")
+        pytest.skip(f"no usable GPU: {reason.split(';')[0]}")
     return backend.cupy
 
 
