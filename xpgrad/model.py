@@ -1,0 +1,137 @@
+"""The notebook's MLP, generalized: Linear -> ReLU -> ... -> Linear, on any device.
+
+``MLP(sizes=(784, 100, 10))`` is the notebook's model with the bias as a
+separate vector per layer. ``MLP(..., input_bias=True)`` is the notebook's
+exact layout: a column of ones appended to the input, folded into W1
+(785 x 100), and no bias on the other layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from . import backend
+from .ops import Linear, Matmul, Relu
+
+INITS = ("he", "glorot", "normal")
+
+
+def init_weight(rng: numpy.random.Generator, fan_in: int, fan_out: int, init: str) -> numpy.ndarray:
+    """A (fan_in, fan_out) float64 weight on the host.
+
+    ``he``: N(0, 2/fan_in), for ReLU layers; ``glorot``: U(+-sqrt(6/(fan_in+fan_out)));
+    ``normal``: N(0, 1), as the notebook did.
+    """
+    if init == "he":
+        return rng.normal(0.0, math.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
+    if init == "glorot":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=(fan_in, fan_out))
+    if init == "normal":
+        return rng.normal(size=(fan_in, fan_out))
+    raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+
+
+class MLP:
+    """A ReLU multilayer perceptron whose parameters live on one device.
+
+    ``params`` and ``grads`` map names (``W1``, ``b1``, ``W2``, ...) to arrays;
+    ``forward(x)`` returns the logits, ``backward(g_logits)`` fills ``grads``.
+    Initial weights are drawn on the host from ``seed`` and then moved, so
+    every device starts from the same numbers.
+    """
+
+    def __init__(self, sizes=(784, 100, 10), *, init="he", input_bias=False, dtype="float32",
+                 device="cpu", seed=0):
+        if len(sizes) < 2:
+            raise ValueError(f"an MLP needs at least an input and an output size, got {sizes}")
+        self.sizes = tuple(int(s) for s in sizes)
+        self.input_bias = bool(input_bias)
+        self.dtype = numpy.dtype(dtype)
+        self.device = backend.get_device(device)
+        self.xp = self.device.xp
+        rng = numpy.random.default_rng(seed)
+        host = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), start=1):
+            if self.input_bias and i == 1:
+                fan_in += 1
+            host[f"W{i}"] = init_weight(rng, fan_in, fan_out, init)
+            if not self.input_bias:
+                host[f"b{i}"] = numpy.zeros(fan_out)
+        self.params = {k: self._to_device(v) for k, v in host.items()}
+        self.grads = {k: None for k in self.params}
+        n_layers = len(self.sizes) - 1
+        # The first layer's input is data: its gradient is never needed.
+        layer = Matmul if self.input_bias else Linear
+        self.layers = [layer(needs_input_grad=i > 0) for i in range(n_layers)]
+        self.relus = [Relu() for _ in range(n_layers - 1)]
+        self._augmented = (None, None)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _to_device(self, a):
+        with self.device:
+            return self.xp.asarray(numpy.asarray(a, dtype=self.dtype))
+
+    def _with_ones_column(self, x):
+        # Appending the bias column copies the whole input; remember the last
+        # result so that a full-batch loop (the notebook's) pays for it once.
+        last_x, last_aug = self._augmented
+        if last_x is x:
+            return last_aug
+        aug = self.xp.empty((x.shape[0], x.shape[1] + 1), dtype=x.dtype)
+        aug[:, :-1] = x
+        aug[:, -1] = 1
+        self._augmented = (x, aug)
+        return aug
+
+    def forward(self, x):
+        """Logits for a (N, sizes[0]) batch of inputs."""
+        h = x.reshape(x.shape[0], -1)
+        if self.input_bias:
+            h = self._with_ones_column(h)
+        for i, layer in enumerate(self.layers, start=1):
+            if self.input_bias:
+                h = layer.forward(h, self.params[f"W{i}"])
+            else:
+                h = layer.forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
+            if i < self.num_layers:
+                h = self.relus[i - 1].forward(h)
+        return h
+
+    def backward(self, g):
+        """Backpropagate the gradient of the loss w.r.t. the logits; fills ``self.grads``."""
+        for i in range(self.num_layers, 0, -1):
+            grads = self.layers[i - 1].backward(g)
+            g = grads[0]
+            self.grads[f"W{i}"] = grads[1]
+            if not self.input_bias:
+                self.grads[f"b{i}"] = grads[2]
+            if i > 1:
+                g = self.relus[i - 2].backward(g)
+        return self.grads
+
+    def predict(self, x):
+        """Predicted class indices for a batch, on the model's device."""
+        return self.forward(x).argmax(axis=1)
+
+    # -- saving and loading -------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Parameters as host NumPy arrays, by name."""
+        return {k: backend.to_numpy(v) for k, v in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameters in place (so optimizers holding them stay valid)."""
+        missing = set(self.params) - set(state)
+        unexpected = set(state) - set(self.params)
+        if missing or unexpected:
+            raise ValueError(f"parameter names differ: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(self.params[k].shape):
+                raise ValueError(f"parameter {k} has shape {tuple(v.shape)}, the model expects {tuple(self.params[k].shape)}")
+            self.params[k][...] = self._to_device(v)
