@@ -1,0 +1,120 @@
+"""Every fused kernel's CUDA source, as CuPy generates it, compiles for sm_90 without a GPU.
+
+The source comes from CuPy's own code generator (see
+``xpgrad.backend.elementwise_kernel_source``) for each dtype binding and for
+the argument layouts a call can produce; NVRTC (the compiler CuPy uses at run
+time) compiles it, and nvcc cross-checks one layout. A deliberately broken
+kernel must fail, which shows the check can fail.
+"""
+
+import itertools
+import shutil
+
+import pytest
+
+from xpgrad import backend, kernels
+
+pytestmark = pytest.mark.skipif(not backend.cupy_installed(), reason="CuPy is not installed")
+
+ARCH = "90"
+
+# (name, non-raw arrays contiguous, 32-bit indexing): after CuPy's reduce_dims,
+# contiguous arrays are seen as 1-d, strided ones keep their 2 dims.
+LAYOUTS = [("flat32", True, True), ("flat64", True, False), ("strided32", False, True), ("strided64", False, False)]
+
+
+def _bindings(spec, kernel):
+    used = {p.ctype for p in kernel.in_params + kernel.out_params if p.dtype is None}
+    typevars = [v for v in kernels.TYPE_CHOICES if v in used]
+    for combo in itertools.product(*(kernels.TYPE_CHOICES[v] for v in typevars)):
+        yield dict(zip(typevars, combo))
+
+
+def _args(spec, kernel, binding, contiguous):
+    args = []
+    for p in kernel.in_params + kernel.out_params:
+        dtype = p.dtype if p.dtype is not None else binding[p.ctype]
+        if p.name in spec.scalars:
+            args.append(None)
+        elif p.raw:
+            # The kernel functions make every raw array C-contiguous.
+            args.append((dtype, spec.raw_ndim[p.name], True))
+        else:
+            args.append((dtype, 1 if contiguous else 2, contiguous))
+    return args
+
+
+def _source(spec, binding, contiguous=True, index_32_bits=True):
+    kernel = spec.build()
+    args = _args(spec, kernel, binding, contiguous)
+    source = backend.elementwise_kernel_source(
+        kernel, args, indexer_ndim=1 if contiguous else 2, index_32_bits=index_32_bits
+    )
+    return source, backend.kernel_compile_options(kernel)
+
+
+def _cases():
+    if not backend.cupy_installed():
+        return []
+    cases = []
+    for spec in kernels.KERNELS.values():
+        for binding in _bindings(spec, spec.build()):
+            types = "-".join(binding.values())
+            for layout, contiguous, index_32_bits in LAYOUTS:
+                cases.append(pytest.param(spec, binding, contiguous, index_32_bits, id=f"{spec.name}-{types}-{layout}"))
+    return cases
+
+
+needs_nvrtc = pytest.mark.skipif(
+    backend.nvrtc_version() is None, reason="NVRTC cannot be loaded (pip install nvidia-cuda-nvrtc-cu12)"
+)
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+_BROKEN = kernels.KernelSpec(  # not registered: a typo ("gyy") in an otherwise valid kernel
+    name="xpgrad_broken_check", in_params="T x, T gy", out_params="T gx", operation="gx = x > (T)0 ? gyy : (T)0;"
+)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("spec, binding, contiguous, index_32_bits", _cases())
+def test_kernel_compiles_with_nvrtc(spec, binding, contiguous, index_32_bits):
+    source, options = _source(spec, binding, contiguous, index_32_bits)
+    assert f'extern "C" __global__ void {spec.name}(' in source
+    assert backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
+
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", list(kernels.KERNELS.values()), ids=list(kernels.KERNELS))
+def test_kernel_compiles_with_nvcc(spec):
+    binding = {v: choices[-1] for v, choices in kernels.TYPE_CHOICES.items()}
+    source, options = _source(spec, binding)
+    assert backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
+
+
+@needs_nvrtc
+def test_every_dtype_binding_is_covered():
+    ids = {c.id for c in _cases()}
+    assert "xpgrad_softmax_xent_fwd-float32-int64-flat32" in ids
+    assert "xpgrad_adam_update-float64-strided64" in ids
+    assert len(ids) == sum(4 * len(list(_bindings(s, s.build()))) for s in kernels.KERNELS.values())
+
+
+@needs_nvrtc
+def test_broken_kernel_fails_nvrtc():
+    source, options = _source(_BROKEN, {"T": "float32"})
+    with pytest.raises(backend.KernelCompileError, match="gyy"):
+        backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
+
+
+@needs_nvcc
+def test_broken_kernel_fails_nvcc():
+    source, options = _source(_BROKEN, {"T": "float32"})
+    with pytest.raises(backend.KernelCompileError, match="gyy"):
+        backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
+
+
+@needs_nvrtc
+def test_typed_source_binds_dtypes():
+    source, _ = _source(kernels.KERNELS["xpgrad_softmax_xent_fwd"], {"T": "float64", "S": "int64"})
+    assert "typedef double T;" in source and "typedef long long S;" in source
