@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 
 from . import __version__, backend
 from .errors import XpgradError
@@ -101,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"xpgrad: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -408,6 +408,7 @@ def run(trainer: Trainer, out: str, *, log=print) -> dict:
     Returns the last epoch's metrics plus the mean seconds per epoch.
     """
     config = trainer.config
+    os.makedirs(out, exist_ok=True)
     metrics_path = os.path.join(out, "metrics.jsonl")
     checkpoint_path = os.path.join(out, "checkpoint.npz")
     # Lines past the epoch we start from belong to an abandoned run.

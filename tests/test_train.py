@@ -1,0 +1,209 @@
+"""The training loop, checkpoints and bit-exact resume, on small synthetic data."""
+
+import os
+
+import numpy as np
+import pytest
+
+from xpgrad import backend
+from xpgrad.checkpoint import atomic_write, load_checkpoint
+from xpgrad.data import Dataset
+from xpgrad.errors import CheckpointError, DivergenceError
+from xpgrad.model import MLP
+from xpgrad.train import Config, Trainer, read_metrics, run
+
+
+def synthetic_dataset(n_train=1200, n_test=300, seed=0, checksum="synthetic-0"):
+    """10 learnable classes: each class lights up its own band of rows, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for c in range(10):
+            x[y == c, 2 * c:2 * c + 3, :] += 150
+        return x, y
+
+    x_train, y_train = split(n_train)
+    x_test, y_test = split(n_test)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, checksum)
+
+
+def small_config(**overrides):
+    fields = dict(epochs=3, batch_size=64, hidden=(32,), seed=7)
+    fields.update(overrides)
+    return Config.from_recipe("default", **fields)
+
+
+def test_training_learns(xp, tmp_path):
+    device = "cpu" if xp is np else "cuda"
+    trainer = Trainer(small_config(), synthetic_dataset(), device=device, progress=False)
+    before = trainer.evaluate()
+    result = run(trainer, str(tmp_path), log=lambda *_: None)
+    assert before["test_accuracy"] < 0.5
+    assert result["test_accuracy"] > 0.95
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert (tmp_path / "checkpoint.npz").exists()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_resume_is_bit_exact_on_cpu(tmp_path, optimizer):
+    data = synthetic_dataset()
+    config = small_config(optimizer=optimizer, lr=0.05 if optimizer != "adam" else 2e-3)
+
+    straight = Trainer(config, data, progress=False)
+    run(straight, str(tmp_path / "straight"), log=lambda *_: None)
+
+    # The same run, killed after its second epoch's checkpoint was written.
+    first = Trainer(config, data, progress=False)
+
+    def interrupt_after_epoch_2(line):
+        if first.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(first, str(tmp_path / "split"), log=interrupt_after_epoch_2)
+    checkpoint = load_checkpoint(tmp_path / "split" / "checkpoint.npz")
+    assert checkpoint["epoch"] == 2
+
+    resumed = Trainer(config, data, progress=False)
+    resumed.restore(checkpoint, "checkpoint.npz")
+    run(resumed, str(tmp_path / "split"), log=lambda *_: None)
+
+    for name, value in straight.model.params.items():
+        assert np.array_equal(resumed.model.params[name], value), name
+    assert [r["epoch"] for r in read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_checkpoint_holds_everything_and_loads_without_pickle(tmp_path):
+    trainer = Trainer(small_config(epochs=1, optimizer="adam"), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as data:
+        keys = set(data.files)
+    assert {"param/W1", "param/b1", "param/W2", "param/b2", "optim/step_count", "optim/m/W1",
+            "optim/v/W1", "rng_state", "epoch", "config", "dataset_checksum"} <= keys
+    ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ckpt["config"]["optimizer"] == "adam"
+    assert ckpt["dataset_checksum"] == "synthetic-0"
+
+
+def test_restore_rejects_other_data(tmp_path):
+    trainer = Trainer(small_config(epochs=1), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    other = Trainer(small_config(epochs=1), synthetic_dataset(checksum="synthetic-1"), progress=False)
+    with pytest.raises(CheckpointError, match="different"):
+        other.restore(load_checkpoint(tmp_path / "checkpoint.npz"), "checkpoint.npz")
+
+
+def test_restore_rejects_another_architecture(tmp_path):
+    trainer = Trainer(small_config(epochs=1), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    wider = Trainer(small_config(epochs=1, hidden=(64,)), synthetic_dataset(), progress=False)
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        wider.restore(load_checkpoint(tmp_path / "checkpoint.npz"), "checkpoint.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
+    trainer = Trainer(small_config(epochs=1), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    path = tmp_path / "checkpoint.npz"
+    blob = path.read_bytes()
+    path.write_bytes({"truncate": blob[: len(blob) // 2], "garbage": b"not a zip" * 100, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="corrupt or not an xpgrad checkpoint"):
+        load_checkpoint(path)
+
+
+def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    trainer = Trainer(small_config(epochs=1), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    path = tmp_path / "checkpoint.npz"
+    good = path.read_bytes()
+
+    def explode(f, **arrays):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", explode)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save(path)
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "curves.png", "metrics.jsonl"]
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as f:
+            f.write("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    with atomic_write(target, "w") as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_divergence_stops_before_writing_a_bad_checkpoint(tmp_path):
+    config = small_config(epochs=2, optimizer="sgd", lr=1e30)
+    config.schedule = "constant"
+    trainer = Trainer(config, synthetic_dataset(), progress=False)
+    with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="diverged"):
+        run(trainer, str(tmp_path), log=lambda *_: None)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_notebook_recipe_is_the_notebooks_model():
+    data = synthetic_dataset(n_train=200, n_test=50)
+    trainer = Trainer(Config.from_recipe("notebook", epochs=1), data, progress=False)
+    assert trainer.batch_size == 200 and trainer.steps_per_epoch == 1
+    assert trainer.model.params["W1"].shape == (785, 100)
+    assert set(trainer.model.params) == {"W1", "W2"}
+    assert trainer.model.params["W1"].dtype == np.float64
+    assert abs(float(trainer.model.params["W1"].std()) - 1.0) < 0.02  # W ~ N(0, 1)
+
+
+def test_notebook_recipe_matches_the_notebooks_code():
+    """One full-batch step of --recipe notebook equals the notebook's own train_one_step."""
+    from xpgrad import notebook
+
+    data = synthetic_dataset(n_train=300, n_test=50)
+    trainer = Trainer(Config.from_recipe("notebook", epochs=1), data, progress=False)
+    ref = notebook.Model()
+    ref.W1 = backend.to_numpy(trainer.model.params["W1"]).copy()
+    ref.W2 = backend.to_numpy(trainer.model.params["W2"]).copy()
+    x = data.x_train.astype(np.float64) / 255.0
+    y = np.eye(10)[data.y_train]
+    ref_loss, ref_acc = notebook.train_one_step(ref, x, y)
+    stats = trainer.train_epoch()
+    np.testing.assert_allclose(stats["train_loss"], ref_loss, rtol=1e-9)
+    assert stats["train_accuracy"] == ref_acc
+    np.testing.assert_allclose(trainer.model.params["W1"], ref.W1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(trainer.model.params["W2"], ref.W2, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_one_epoch_matches_between_cpu_and_gpu(gpu_xp):
+    data = synthetic_dataset()
+    config = small_config(epochs=1, dtype="float64")
+    cpu = Trainer(config, data, device="cpu", progress=False)
+    gpu = Trainer(config, data, device="cuda", progress=False)
+    a, b = cpu.train_epoch(), gpu.train_epoch()
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-9)
+    for name, value in cpu.model.params.items():
+        np.testing.assert_allclose(backend.to_numpy(gpu.model.params[name]), value, rtol=1e-8, atol=1e-10)
+
+
+def test_model_parameters_by_name_round_trip():
+    a = MLP((12, 5, 3), seed=1)
+    b = MLP((12, 5, 3), seed=2)
+    b.load_state_dict(a.state_dict())
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k])
+    with pytest.raises(ValueError, match="shape"):
+        MLP((12, 6, 3)).load_state_dict(a.state_dict())
