@@ -48,6 +48,7 @@ SPLIT_SIZES = {"train": 60000, "test": 10000}
 CACHE_ENV = "XPGRAD_CACHE_DIR"
 SYSTEM_ENV = "XPGRAD_SYSTEM_DATA_DIR"
 MIRROR_ENV = "XPGRAD_MIRROR"
+OFFLINE_ENV = "XPGRAD_OFFLINE"  # "1": never download, only use files already on disk
 SYSTEM_DATA_DIR = "/usr/share/datasets"
 #: requests' (connect, read) timeouts in seconds; the read one is per chunk, not total.
 DOWNLOAD_TIMEOUT = (10.0, 30.0)
@@ -324,6 +325,10 @@ def _one_line(exc: Exception, limit: int = 200) -> str:
 def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool, skipped: list[str]) -> None:
     """Download ``file`` into ``folder`` from the first mirror that serves a good copy."""
     where = f"{spec.name} {file.fname}"
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        found_bad = f" (bad copies skipped: {' | '.join(skipped)})" if skipped else ""
+        raise DataError(f"{where} is missing from {folder}{found_bad} and downloads are off ({OFFLINE_ENV} is set); "
+                        f"put the file there, pass --data-dir to a folder that has it, or unset {OFFLINE_ENV}")
     try:
         import pooch
     except ImportError:

@@ -280,9 +280,11 @@ class Trainer:
 
     def _check_finite(self, loss: float, step: int) -> None:
         if not math.isfinite(loss):
+            kept = (f"the checkpoint of epoch {self.epoch} is kept" if self.epoch
+                    else "no checkpoint was written")
             raise DivergenceError(
                 f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, step {step + 1}; "
-                f"lower --lr (now {self.config.lr:g}) or use another --recipe; the last good checkpoint is kept"
+                f"lower --lr (now {self.config.lr:g}) or use another --recipe; {kept}"
             )
 
     def evaluate(self, chunk=10000) -> dict:
@@ -407,14 +409,27 @@ def run(trainer: Trainer, out: str, *, log=print) -> dict:
 
     Returns the last epoch's metrics plus the mean seconds per epoch.
     """
-    config = trainer.config
     os.makedirs(out, exist_ok=True)
     metrics_path = os.path.join(out, "metrics.jsonl")
-    checkpoint_path = os.path.join(out, "checkpoint.npz")
     # Lines past the epoch we start from belong to an abandoned run.
     history = [m for m in read_metrics(metrics_path) if m.get("epoch", 0) <= trainer.epoch]
     write_metrics(metrics_path, history)
     row = history[-1] if history else None
+    # Overflow on the way to divergence is expected and caught below as a
+    # non-finite loss, with a clear message; NumPy's warnings would only add noise.
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        row = _train_epochs(trainer, out, history, row, log)
+    if row is None:
+        raise XpgradError(f"nothing to train: the checkpoint already has {trainer.epoch} epochs; raise --epochs")
+    plot_curves(history, os.path.join(out, "curves.png"))
+    seconds = [m["seconds"] for m in history]
+    return {**row, "seconds_per_epoch": sum(seconds) / len(seconds)}
+
+
+def _train_epochs(trainer, out, history, row, log):
+    config = trainer.config
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    checkpoint_path = os.path.join(out, "checkpoint.npz")
     while trainer.epoch < config.epochs:
         bar = _progress_bar(trainer.steps_per_epoch, f"epoch {trainer.epoch + 1}/{config.epochs}", trainer.progress)
         try:
@@ -434,8 +449,4 @@ def run(trainer: Trainer, out: str, *, log=print) -> dict:
             f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['seconds']:.2f} s"
         )
-    if row is None:
-        raise XpgradError(f"nothing to train: the checkpoint already has {trainer.epoch} epochs; raise --epochs")
-    plot_curves(history, os.path.join(out, "curves.png"))
-    seconds = [m["seconds"] for m in history]
-    return {**row, "seconds_per_epoch": sum(seconds) / len(seconds)}
+    return row
