@@ -78,11 +78,11 @@ def make_trainer(dataset) -> Trainer:
 class TorchEpoch:
     """PyTorch eager doing what ``Trainer.train_epoch`` does, from the trainer's data and weights."""
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, threads: int):
         import torch
 
         self.torch = torch
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.x = torch.from_numpy(trainer.x_train)
         self.t = torch.from_numpy(trainer.t_train.astype(numpy.int64))
@@ -184,7 +184,16 @@ def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0], repeats=7)
     p.add_argument("--data", choices=("auto", "fashion-mnist", "random"), default="auto")
     p.add_argument("--no-torch", action="store_true", help="time xpgrad and the GEMM floor only")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="threads for NumPy's BLAS (via threadpoolctl) and for PyTorch (default: all cores)")
     args = p.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        return run(args)
+
+
+def run(args) -> int:
     common.warn_openblas_pins()
     facts = common.machine_facts()
     print(f"machine: {common.machine_line(facts)}")
@@ -192,7 +201,7 @@ def main(argv=None) -> int:
     dataset = get_dataset(args.data)
     trainer = make_trainer(dataset)
     assert trainer.n_train == N_TRAIN and trainer.batch_size == BATCH
-    run_torch = None if args.no_torch else TorchEpoch(trainer)
+    run_torch = None if args.no_torch else TorchEpoch(trainer, args.threads)
     gemm = GemmFloor()
 
     # A warm-up epoch each; then every repeat runs xpgrad, PyTorch and one
@@ -213,7 +222,7 @@ def main(argv=None) -> int:
     assert sum(g["flops"] for g in gemms) == flops_per_sample() * BATCH
 
     print(f"\ndata: {dataset.name}, {N_TRAIN} samples, batch {BATCH}, float32, SGD lr {LR}, "
-          f"{trainer.steps_per_epoch} steps; {args.repeats} timed epochs after 1 warm-up; "
+          f"{trainer.steps_per_epoch} steps, {args.threads} BLAS/PyTorch threads; {args.repeats} timed epochs after 1 warm-up; "
           f"xpgrad, PyTorch and the GEMMs take turns\n")
     print(common.markdown_table(
         ["GEMM (float32, NumPy)", "as xpgrad lays it out: per call (min–max)", "GFLOP/s", "best layout", "GFLOP/s"],
@@ -255,7 +264,7 @@ def main(argv=None) -> int:
     paths = common.write_results("cpu_epoch", {
         "machine": facts,
         "setup": {"data": dataset.name, "samples": N_TRAIN, "batch": BATCH, "sizes": SIZES, "dtype": "float32",
-                  "optimizer": "sgd", "lr": LR, "repeats": args.repeats, "torch_threads": os.cpu_count()},
+                  "optimizer": "sgd", "lr": LR, "repeats": args.repeats, "threads": args.threads},
         "flops": {"per_sample": flops_per_sample(), "epoch": epoch_flops,
                   "formula": "N * 2*(2*784*100 + 3*100*10): forward + gW for both layers + gx for layer 2"},
         "gemms": gemms, "first_epoch": first, "results": result, "targets": targets,
