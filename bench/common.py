@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -162,11 +163,9 @@ def machine_facts(gpu: bool = False) -> dict:
         "openblas_pins": {k: os.environ[k] for k in OPENBLAS_PINS if k in os.environ},
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-    except ImportError:
+    try:  # the installed version, without importing torch (slow, and memory the RSS bench would see)
+        facts["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         facts["torch"] = None
     if gpu:
         facts["gpu"] = gpu_facts()
