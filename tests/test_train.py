@@ -207,3 +207,12 @@ def test_model_parameters_by_name_round_trip():
         assert np.array_equal(a.params[k], b.params[k])
     with pytest.raises(ValueError, match="shape"):
         MLP((12, 6, 3)).load_state_dict(a.state_dict())
+
+
+def test_model_save_and_load(tmp_path, rng):
+    a = MLP((12, 5, 3), input_bias=True, dtype="float64", seed=3)
+    a.save(tmp_path / "model.npz")
+    b = MLP.load(tmp_path / "model.npz")
+    assert b.sizes == (12, 5, 3) and b.input_bias and b.dtype == np.float64
+    x = rng.normal(size=(4, 12))
+    assert np.array_equal(a.forward(x), b.forward(x))
