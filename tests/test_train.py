@@ -216,3 +216,12 @@ def test_model_save_and_load(tmp_path, rng):
     assert b.sizes == (12, 5, 3) and b.input_bias and b.dtype == np.float64
     x = rng.normal(size=(4, 12))
     assert np.array_equal(a.forward(x), b.forward(x))
+
+
+def test_standardization_matches_the_float_computation():
+    from xpgrad.train import normalization
+
+    x = synthetic_dataset().x_train
+    shift, scale = normalization(small_config(), x)
+    as_float = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose([shift, scale], [as_float.mean(), as_float.std()], rtol=1e-12)

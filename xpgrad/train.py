@@ -157,8 +157,14 @@ def normalization(config: Config, x_train_uint8) -> tuple[float, float]:
     if config.normalize == "scale":
         return 0.0, 1.0
     if config.normalize == "standardize":
-        x = x_train_uint8.reshape(-1).astype(numpy.float64) / 255.0
-        return float(x.mean()), float(x.std())
+        # From the histogram of the 256 pixel values: exact, and without the
+        # float64 copy of the whole training set (376 MB for MNIST) that
+        # x.astype(float).std() would make.
+        counts = numpy.bincount(x_train_uint8.reshape(-1), minlength=256).astype(numpy.float64)
+        values = numpy.arange(256) / 255.0
+        mean = float(counts @ values / counts.sum())
+        var = float(counts @ (values - mean) ** 2 / counts.sum())
+        return mean, math.sqrt(var)
     raise XpgradError(f"unknown normalization {config.normalize!r}; use 'scale' or 'standardize'")
 
 
