@@ -9,6 +9,7 @@ over repeats, reported with its spread (min-max).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -226,3 +227,82 @@ def _jsonable(obj):
     if isinstance(obj, numpy.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+# ---------------------------------------------------------------------------
+# GPU timing (CuPy and PyTorch kernels, with CUDA events)
+
+
+def no_gpu_reason() -> str | None:
+    """None when CuPy sees a usable GPU, else a one-line reason."""
+    from xpgrad import backend
+
+    ok, reason = backend.gpu_status()
+    return None if ok else reason
+
+
+def synchronize_all() -> None:
+    from xpgrad import backend
+
+    backend.cupy.cuda.Device().synchronize()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _events(lib: str, stream=None):
+    """(record_start, record_end, elapsed_seconds) with CuPy's or PyTorch's CUDA events."""
+    if lib == "torch":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        return start.record, end.record, lambda: (end.synchronize(), start.elapsed_time(end) / 1e3)[1]
+    from xpgrad import backend
+
+    cupy = backend.cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    return (lambda: start.record(stream), lambda: end.record(stream),
+            lambda: (end.synchronize(), cupy.cuda.get_elapsed_time(start, end) / 1e3)[1])
+
+
+def cuda_time(fn, repeats: int, *, lib: str = "cupy", warmup: int = 3, target_seconds: float = 2e-3,
+              max_number: int = 2000, stream=None) -> dict:
+    """Seconds per call of ``fn`` on the GPU, timed with CUDA events of ``lib`` ("cupy" or "torch").
+
+    ``warmup`` untimed calls first (they include compilation), then enough calls
+    per repeat to fill about ``target_seconds`` of GPU time, ``repeats`` times.
+    ``stream`` is the CuPy stream the events are recorded on (default: current).
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize_all()
+    start, end, elapsed = _events(lib, stream)
+    start()
+    fn()
+    end()
+    once = max(elapsed(), 1e-7)
+    number = int(max(1, min(max_number, target_seconds / once)))
+    times = []
+    for _ in range(repeats):
+        start()
+        for _ in range(number):
+            fn()
+        end()
+        times.append(elapsed() / number)
+    return {**summarize(times), "number": number}
+
+
+@contextlib.contextmanager
+def xpgrad_fused(enabled: bool):
+    """Run xpgrad's GPU ops with the fused kernels (True) or the generic ``xp`` code (False)."""
+    from xpgrad.backend import FUSED_ENV
+
+    old = os.environ.get(FUSED_ENV)
+    os.environ[FUSED_ENV] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FUSED_ENV, None)
+        else:
+            os.environ[FUSED_ENV] = old

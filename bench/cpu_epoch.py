@@ -76,47 +76,66 @@ def make_trainer(dataset) -> Trainer:
 
 
 class TorchEpoch:
-    """PyTorch eager doing what ``Trainer.train_epoch`` does, from the trainer's data and weights."""
+    """PyTorch eager doing what ``Trainer.train_epoch`` does, from the trainer's data and weights.
 
-    def __init__(self, trainer: Trainer, threads: int):
+    Works on the trainer's device: NumPy arrays give CPU tensors, CuPy arrays
+    CUDA tensors (shared through DLPack, not copied).
+    """
+
+    def __init__(self, trainer: Trainer, threads: int | None = None):
         import torch
 
+        from xpgrad import backend
+
         self.torch = torch
-        torch.set_num_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(0)
-        self.x = torch.from_numpy(trainer.x_train)
-        self.t = torch.from_numpy(trainer.t_train.astype(numpy.int64))
-        params = trainer.model.params
+        self.x = torch.from_dlpack(trainer.x_train)
+        self.t = torch.from_dlpack(trainer.t_train).long()
+        self.device = self.x.device
+        self.log_every = trainer.log_every
+        params = {k: backend.to_numpy(v) for k, v in trainer.model.params.items()}
+        sizes = trainer.model.sizes
         self.model = torch.nn.Sequential(
-            torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(), torch.nn.Linear(SIZES[1], SIZES[2]))
+            torch.nn.Linear(sizes[0], sizes[1]), torch.nn.ReLU(), torch.nn.Linear(sizes[1], sizes[2])).to(self.device)
         with torch.no_grad():
             for layer, i in ((self.model[0], 1), (self.model[2], 2)):
                 layer.weight.copy_(torch.from_numpy(params[f"W{i}"].T.copy()))
                 layer.bias.copy_(torch.from_numpy(params[f"b{i}"]))
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=trainer.config.lr)
+        self.batch = trainer.batch_size
         # The same batch order as the trainer: its generator, seeded the same way.
         self.rng = numpy.random.default_rng([trainer.config.seed, 1])
+        self.loss_sum = torch.zeros((), dtype=self.x.dtype, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def step(self, idx):
+        """One training step on the rows ``idx`` (a tensor on the device), accumulating loss and hits."""
+        torch = self.torch
+        x, t = self.x.index_select(0, idx), self.t.index_select(0, idx)
+        logits = self.model(x)
+        loss = torch.nn.functional.cross_entropy(logits, t)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.loss_sum += loss * t.shape[0]
+            self.correct += (logits.argmax(dim=1) == t).sum()
 
     def __call__(self) -> dict:
-        torch, F = self.torch, self.torch.nn.functional
-        n, b = self.x.shape[0], BATCH
+        n, b = self.x.shape[0], self.batch
         start = time.perf_counter()
-        perm = torch.from_numpy(self.rng.permutation(n).astype(numpy.int64))
-        loss_sum = torch.zeros((), dtype=torch.float32)
-        correct = torch.zeros((), dtype=torch.int64)
-        for step in range(-(-n // b)):
-            idx = perm[step * b:(step + 1) * b]
-            x, t = self.x.index_select(0, idx), self.t.index_select(0, idx)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, t)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            with torch.no_grad():
-                loss_sum += loss * t.shape[0]
-                correct += (logits.argmax(dim=1) == t).sum()
+        perm = self.torch.from_numpy(self.rng.permutation(n).astype(numpy.int64)).to(self.device)
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        steps = -(-n // b)
+        for step in range(steps):
+            self.step(perm[step * b:(step + 1) * b])
+            if (step + 1) % self.log_every == 0 or step == steps - 1:
+                float(self.loss_sum)  # the trainer reads its loss back as often
         seconds = time.perf_counter() - start
-        return {"train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n, "seconds": seconds}
+        return {"train_loss": float(self.loss_sum) / n, "train_accuracy": int(self.correct) / n, "seconds": seconds}
 
 
 def gemm_cases(batch=BATCH, sizes=SIZES, dtype=numpy.float32):

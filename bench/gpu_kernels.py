@@ -1,0 +1,247 @@
+"""GPU kernels: xpgrad's fused kernels against its generic ``xp`` code and PyTorch CUDA.
+
+For each kernel (ReLU backward, log-softmax forward/backward, softmax
+cross-entropy forward/backward, SGD / momentum / Adam updates) at >= 1e6 rows
+of C = 10 and at training shapes, this times three implementations on the
+same device arrays with CUDA events (warm-up and compilation excluded):
+
+* fused: xpgrad's ops and optimizers with the fused CuPy kernels (default);
+* generic: the same ops with ``XPGRAD_FUSED=0`` (the ``xp`` formulas);
+* torch: the ATen kernels PyTorch's autograd runs for the same step, and
+  ``torch.optim`` with ``fused=True``.
+
+Achieved bandwidth counts the bytes a kernel must move (each input read once,
+each output written once; table below) and is shown as a share of a
+device-to-device copy of an array of the same size, measured in the same run.
+
+    relu bwd   read x, gy; write gx            3 N C s
+    lsm fwd    read x; write y                 2 N C s
+    lsm bwd    read y, gy; write gx            3 N C s
+    xent fwd   read x, labels; write lse       N C s + N (4 + s)
+    xent bwd   read x, labels, lse; write gx   2 N C s + N (4 + s)
+    sgd        read p, g; write p              3 P s
+    momentum   read p, g, v; write p, v        5 P s
+    adam       read p, g, m, v; write p, m, v  7 P s
+
+Exits 0 with a "no GPU: reason" line where CuPy sees no usable GPU. Run from
+the repository root::
+
+    PYTHONPATH=. python -m bench.gpu_kernels
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy
+
+from bench import common
+
+C = 10
+LARGE_ROWS = (2**20, 2**22)  # 1.05 M and 4.2 M rows
+TRAIN_ROWS, TRAIN_HIDDEN, TRAIN_PARAM = 128, 100, 784 * 100
+TARGET_SHARE = 0.6  # fused kernels >= 60% of copy bandwidth at >= 1e6 rows
+KERNELS = ("relu bwd", "lsm fwd", "lsm bwd", "xent fwd", "xent bwd", "sgd", "momentum", "adam")
+IMPLS = ("fused", "generic", "torch")
+
+
+def min_bytes(kernel: str, n: int, c: int, s: int) -> int:
+    """Bytes a kernel must read and write (``n`` rows of ``c``, or ``n * c`` parameters; ``s`` bytes each)."""
+    per_row = {"relu bwd": 3 * c * s, "lsm fwd": 2 * c * s, "lsm bwd": 3 * c * s,
+               "xent fwd": c * s + 4 + s, "xent bwd": 2 * c * s + 4 + s,
+               "sgd": 3 * c * s, "momentum": 5 * c * s, "adam": 7 * c * s}
+    return n * per_row[kernel]
+
+
+class Case:
+    """One kernel at one shape: a call per implementation on shared data, and their outputs to compare."""
+
+    def __init__(self, kernel: str, n: int, c: int, dtype, torch):
+        from xpgrad import backend, ops, optim
+
+        cp = backend.cupy
+        self.kernel, self.n, self.c, self.torch = kernel, n, c, torch
+        rng = cp.random.default_rng(n)
+        self.x = (rng.standard_normal((n, c), dtype=numpy.float64) * 3).astype(dtype)
+        self.gy = rng.standard_normal((n, c), dtype=numpy.float64).astype(dtype)
+        self.t = rng.integers(0, c, size=n, dtype=numpy.int32)
+        self.calls = {}
+        self.outputs = {}
+        if kernel in ("sgd", "momentum", "adam"):
+            self._optimizer(kernel, optim, cp)
+            return
+        op = {"relu bwd": ops.Relu, "lsm fwd": ops.LogSoftmax, "lsm bwd": ops.LogSoftmax,
+              "xent fwd": ops.SoftmaxCrossEntropy, "xent bwd": ops.SoftmaxCrossEntropy}[kernel]()
+        if kernel == "relu bwd":
+            op.forward(self.x)
+            call = lambda: op.backward(self.gy)  # noqa: E731
+        elif kernel == "lsm fwd":
+            call = lambda: op.forward(self.x)  # noqa: E731
+        elif kernel == "lsm bwd":
+            op.forward(self.x)
+            call = lambda: op.backward(self.gy)  # noqa: E731
+        elif kernel == "xent fwd":
+            call = lambda: op.forward(self.x, self.t)  # noqa: E731
+        else:
+            op.forward(self.x, self.t)
+            call = op.backward
+        self.calls["fused"] = self.calls["generic"] = call
+        if torch is not None:
+            self.calls["torch"] = self._torch_rows(kernel, torch)
+
+    def _torch_rows(self, kernel, torch):
+        F, aten = torch.nn.functional, torch.ops.aten
+        x, gy = torch.from_dlpack(self.x), torch.from_dlpack(self.gy)
+        t = torch.from_dlpack(self.t).long()
+        if kernel == "relu bwd":
+            return lambda: aten.threshold_backward(gy, x, 0)
+        y = torch.log_softmax(x, 1)
+        if kernel == "lsm fwd":
+            return lambda: torch.log_softmax(x, 1)
+        if kernel == "lsm bwd":
+            return lambda: aten._log_softmax_backward_data(gy, y, 1, x.dtype)
+        if kernel == "xent fwd":
+            return lambda: F.cross_entropy(x, t)
+        _, total_weight = aten.nll_loss_forward(y, t, None, 1, -100)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+
+        def xent_bwd():  # what autograd runs for cross_entropy's backward
+            g = aten.nll_loss_backward(one, y, t, None, 1, -100, total_weight)
+            return aten._log_softmax_backward_data(g, y, 1, x.dtype)
+        return xent_bwd
+
+    def _optimizer(self, kernel, optim, cp):
+        p0, g = self.x.reshape(-1), self.gy.reshape(-1)
+        kwargs = {"momentum": {"momentum": 0.9}}.get(kernel, {})
+        lr = 1e-3
+        for impl in ("fused", "generic"):
+            p = p0.copy()
+            opt = optim.make_optimizer(kernel if kernel != "momentum" else "momentum", {"p": p}, lr, **kwargs)
+            self.calls[impl] = (lambda opt=opt: opt.step({"p": g}))
+            self.outputs[impl] = p
+        if self.torch is not None:
+            torch = self.torch
+            p = torch.from_dlpack(p0.copy())
+            p.grad = torch.from_dlpack(g)
+            cls = torch.optim.Adam if kernel == "adam" else torch.optim.SGD
+            opt = cls([p], lr=lr, fused=True, **kwargs)
+            self.calls["torch"] = opt.step
+            self.outputs["torch"] = p
+
+    def check(self) -> dict:
+        """Largest difference of generic and torch from fused after one call each (from equal states)."""
+        from xpgrad import backend
+
+        results = {}
+        for impl in self.calls:
+            with common.xpgrad_fused(impl != "generic"):
+                out = self.calls[impl]()
+            if self.kernel in ("sgd", "momentum", "adam"):
+                out = self.outputs[impl]
+            elif isinstance(out, tuple):
+                out = out[0]
+            host = out.cpu().numpy() if hasattr(out, "cpu") else backend.to_numpy(out)
+            results[impl] = host.astype(numpy.float64)
+        ref = results["fused"]
+        return {impl: float(numpy.abs(a - ref).max()) for impl, a in results.items() if impl != "fused"}
+
+
+def copy_bandwidth(nbytes: int, repeats: int) -> dict:
+    """Device-to-device copy of ``nbytes``: CuPy's ``copyto`` and a raw memcpy; bytes/s counts read + write."""
+    from xpgrad import backend
+
+    cp = backend.cupy
+    src = cp.ones(nbytes // 4, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    copyto = common.cuda_time(lambda: cp.copyto(dst, src), repeats)
+    memcpy = common.cuda_time(lambda: dst.data.copy_from_device_async(src.data, src.nbytes), repeats)
+    best = min(copyto["median"], memcpy["median"])
+    return {"bytes": nbytes, "copyto": copyto, "memcpy": memcpy, "bandwidth": 2 * src.nbytes / best}
+
+
+def shapes():
+    """(label, kernel, rows, cols): every kernel at each large size and at its training shape."""
+    out = []
+    for rows in LARGE_ROWS:
+        out += [(f"{rows:,} x {C}", k, rows, C) for k in KERNELS]
+    for k in KERNELS:
+        if k == "relu bwd":
+            out.append((f"{TRAIN_ROWS} x {TRAIN_HIDDEN}", k, TRAIN_ROWS, TRAIN_HIDDEN))
+        elif k in ("sgd", "momentum", "adam"):
+            out.append(("W1 784 x 100", k, 784, 100))
+        else:
+            out.append((f"{TRAIN_ROWS} x {C}", k, TRAIN_ROWS, C))
+    return out
+
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__.splitlines()[0], repeats=15)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    args = p.parse_args(argv)
+    reason = common.no_gpu_reason()
+    if reason:
+        print(f"no GPU: {reason}")
+        return 0
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("(PyTorch sees no CUDA device: torch columns left out)")
+            torch = None
+    except ImportError:
+        print("(PyTorch is not installed: torch columns left out)")
+        torch = None
+    facts = common.machine_facts(gpu=True)
+    print(f"machine: {common.machine_line(facts)}\n")
+    dtype = numpy.dtype(args.dtype)
+
+    copies, results, rows, targets = {}, [], [], {}
+    for label, kernel, n, c in shapes():
+        nbytes = n * c * dtype.itemsize
+        if nbytes not in copies:
+            copies[nbytes] = copy_bandwidth(nbytes, args.repeats)
+        case = Case(kernel, n, c, dtype, torch)
+        errors = case.check()
+        timed = {}
+        for impl, call in case.calls.items():
+            with common.xpgrad_fused(impl != "generic"):
+                timed[impl] = common.cuda_time(call, args.repeats, lib="torch" if impl == "torch" else "cupy")
+        moved = min_bytes(kernel, n, c, dtype.itemsize)
+        share = {impl: moved / s["median"] / copies[nbytes]["bandwidth"] for impl, s in timed.items()}
+        large = n >= 10**6
+        results.append({"kernel": kernel, "shape": label, "rows": n, "cols": c, "dtype": dtype.name,
+                        "bytes": moved, "times": timed, "copy_share": share,
+                        "bandwidth": {impl: moved / s["median"] for impl, s in timed.items()},
+                        "max_abs_difference_from_fused": errors})
+        if large:
+            targets[f"{kernel} {label}"] = {"target": TARGET_SHARE, "value": share["fused"],
+                                            "met": share["fused"] >= TARGET_SHARE}
+        vs_torch = f"{timed['fused']['median'] / timed['torch']['median']:.2f}x" if "torch" in timed else "n/a"
+        rows.append([kernel, label] + [common.fmt_spread(timed[i]) if i in timed else "n/a" for i in IMPLS]
+                    + [vs_torch,
+                       f"{moved / timed['fused']['median'] / 1e9:.0f} GB/s, {share['fused']:.0%}" if large else "",
+                       f"{share['torch']:.0%}" if large and "torch" in share else "",
+                       ", ".join(f"{k} {v:.1e}" for k, v in errors.items())])
+        del case
+
+    print(common.markdown_table(["copy (device to device)", "bytes", "copyto", "memcpy", "bandwidth (read+write)"],
+                                [[f"{b / 2**20:.2f} MiB", b, common.fmt_spread(c["copyto"]), common.fmt_spread(c["memcpy"]),
+                                  f"{c['bandwidth'] / 1e9:.0f} GB/s"] for b, c in copies.items()]))
+    print()
+    print(common.markdown_table(
+        ["kernel", "shape", "fused", "generic (XPGRAD_FUSED=0)", "PyTorch", "fused / PyTorch",
+         "fused bandwidth, % of copy", "PyTorch % of copy", "max |diff| from fused"], rows))
+    print()
+    missed = [k for k, t in targets.items() if not t["met"]]
+    print(f"target: fused kernels >= {TARGET_SHARE:.0%} of copy bandwidth at >= 1e6 rows: "
+          f"{len(targets) - len(missed)}/{len(targets)} met" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    paths = common.write_results("gpu_kernels", {
+        "machine": facts, "setup": {"dtype": dtype.name, "repeats": args.repeats, "classes": C},
+        "copies": list(copies.values()), "results": results, "targets": targets,
+    }, args.json, where=facts["gpu"]["name"])
+    print(f"\nwrote {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
