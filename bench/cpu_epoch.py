@@ -50,11 +50,11 @@ def flops_per_sample(sizes=SIZES) -> int:
     return forward + grad_w + grad_x
 
 
-def get_dataset(kind: str):
+def get_dataset(kind: str, data_dir: str | None = None):
     """Fashion-MNIST when it is on disk (``auto``/``fashion-mnist``), else random data of MNIST shape."""
     if kind in ("auto", "fashion-mnist"):
         try:
-            return load_dataset("fashion-mnist", progress=False)
+            return load_dataset("fashion-mnist", data_dir=data_dir, progress=False)
         except DataError as exc:
             if kind == "fashion-mnist":
                 raise

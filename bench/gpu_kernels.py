@@ -23,7 +23,8 @@ device-to-device copy of an array of the same size, measured in the same run.
     momentum   read p, g, v; write p, v        5 P s
     adam       read p, g, m, v; write p, m, v  7 P s
 
-Exits 0 with a "no GPU: reason" line where CuPy sees no usable GPU. Run from
+Exits 0 with a "no GPU: reason" line where CuPy sees no usable GPU (2 with
+``--require-gpu``). Run from
 the repository root::
 
     PYTHONPATH=. python -m bench.gpu_kernels
@@ -177,11 +178,12 @@ def shapes():
 def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0], repeats=15)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--require-gpu", action="store_true", help="exit 2 instead of 0 when there is no usable GPU")
     args = p.parse_args(argv)
     reason = common.no_gpu_reason()
     if reason:
         print(f"no GPU: {reason}")
-        return 0
+        return 2 if args.require_gpu else 0
     try:
         import torch
 
