@@ -250,7 +250,7 @@ def synchronize_all() -> None:
         torch.cuda.synchronize()
 
 
-def _events(lib: str, stream=None):
+def cuda_events(lib: str, stream=None):
     """(record_start, record_end, elapsed_seconds) with CuPy's or PyTorch's CUDA events."""
     if lib == "torch":
         import torch
@@ -276,7 +276,7 @@ def cuda_time(fn, repeats: int, *, lib: str = "cupy", warmup: int = 3, target_se
     for _ in range(warmup):
         fn()
     synchronize_all()
-    start, end, elapsed = _events(lib, stream)
+    start, end, elapsed = cuda_events(lib, stream)
     start()
     fn()
     end()

@@ -151,7 +151,7 @@ def time_epochs(trainers, torch_epoch, repeats):
 
     def one(name):
         lib = "torch" if name == "torch" else "cupy"
-        start, end, elapsed = common._events(lib)
+        start, end, elapsed = common.cuda_events(lib)
         start()
         if name == "torch":
             stats = torch_epoch()
