@@ -1,4 +1,4 @@
-# xpgrad training image. See docs/docker.md.
+# xpgrad training image. See the Docker section of README.md.
 #
 #   docker build -t xpgrad .                                   # GPU (CUDA 12, CuPy)
 #   docker build --build-arg CUDA_EXTRA=cpu -t xpgrad:cpu .    # CPU only (NumPy, no CuPy)
