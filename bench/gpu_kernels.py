@@ -69,7 +69,7 @@ class Case:
         self.calls = {}
         self.outputs = {}
         if kernel in ("sgd", "momentum", "adam"):
-            self._optimizer(kernel, optim, cp)
+            self._optimizer(kernel, optim)
             return
         op = {"relu bwd": ops.Relu, "lsm fwd": ops.LogSoftmax, "lsm bwd": ops.LogSoftmax,
               "xent fwd": ops.SoftmaxCrossEntropy, "xent bwd": ops.SoftmaxCrossEntropy}[kernel]()
@@ -111,13 +111,13 @@ class Case:
             return aten._log_softmax_backward_data(g, y, 1, x.dtype)
         return xent_bwd
 
-    def _optimizer(self, kernel, optim, cp):
+    def _optimizer(self, kernel, optim):
         p0, g = self.x.reshape(-1), self.gy.reshape(-1)
         kwargs = {"momentum": {"momentum": 0.9}}.get(kernel, {})
         lr = 1e-3
         for impl in ("fused", "generic"):
             p = p0.copy()
-            opt = optim.make_optimizer(kernel if kernel != "momentum" else "momentum", {"p": p}, lr, **kwargs)
+            opt = optim.make_optimizer(kernel, {"p": p}, lr, **kwargs)
             self.calls[impl] = (lambda opt=opt: opt.step({"p": g}))
             self.outputs[impl] = p
         if self.torch is not None:

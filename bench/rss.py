@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 from bench import common
 from xpgrad.data import SYSTEM_DATA_DIR
