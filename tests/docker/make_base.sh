@@ -7,8 +7,9 @@
 # Nothing here can pull from a registry, so the base is made with debootstrap:
 #   1. if IMAGE already exists in buildah's vfs storage, reuse it (fast path);
 #   2. else, if $CACHE/rootfs-bookworm.tgz exists, build IMAGE from it;
-#   3. else, debootstrap a minbase rootfs with python3 + python3-venv, pack it
-#      as $CACHE/rootfs-bookworm.tgz (kept for the next cold storage), build IMAGE.
+#   3. else, debootstrap a minbase rootfs with python3, python3-venv and
+#      ca-certificates, pack it
+#      as $CACHE/rootfs-bookworm.tgz (kept for when the image is gone), build IMAGE.
 #
 # CACHE is $XPGRAD_DOCKER_CACHE, or ~/.cache/xpgrad-docker.
 # DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
@@ -35,7 +36,7 @@ work=$(mktemp -d "$CACHE/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 
 if [ ! -s "$TARBALL" ]; then
-    log "debootstrap $SUITE (minbase + python3, python3-venv) from $MIRROR; takes a few minutes"
+    log "debootstrap $SUITE (minbase + python3, python3-venv, ca-certificates) from $MIRROR; about 2 minutes"
     # python3-venv brings ensurepip's bundled pip/setuptools wheels, so the
     # Dockerfile's `python3 -m venv` works with no apt step inside the build.
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
