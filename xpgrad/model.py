@@ -3,7 +3,8 @@
 ``MLP(sizes=(784, 100, 10))`` is the notebook's model with the bias as a
 separate vector per layer. ``MLP(..., input_bias=True)`` is the notebook's
 exact layout: a column of ones appended to the input, folded into W1
-(785 x 100), and no bias on the other layers.
+(785 x 100, its last row multiplying the ones), and no bias on the other
+layers.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ class MLP:
         self.grads = {k: None for k in self.params}
         n_layers = len(self.sizes) - 1
         # The first layer's input is data: its gradient is never needed.
-        layer = Matmul if self.input_bias else Linear
-        self.layers = [layer(needs_input_grad=i > 0) for i in range(n_layers)]
+        self.layers = [
+            (Linear if self._has_bias(i) else Matmul)(needs_input_grad=i > 1) for i in range(1, n_layers + 1)
+        ]
         self.relus = [Relu() for _ in range(n_layers - 1)]
-        self._augmented = (None, None)
 
     @property
     def num_layers(self) -> int:
@@ -78,28 +79,26 @@ class MLP:
         with self.device:
             return self.xp.asarray(numpy.asarray(a, dtype=self.dtype))
 
-    def _with_ones_column(self, x):
-        # Appending the bias column copies the whole input; remember the last
-        # result so that a full-batch loop (the notebook's) pays for it once.
-        last_x, last_aug = self._augmented
-        if last_x is x:
-            return last_aug
-        aug = self.xp.empty((x.shape[0], x.shape[1] + 1), dtype=x.dtype)
-        aug[:, :-1] = x
-        aug[:, -1] = 1
-        self._augmented = (x, aug)
-        return aug
+    def _has_bias(self, i: int) -> bool:
+        return not self.input_bias or i == 1
+
+    def _weights(self, i: int) -> tuple:
+        """The arrays layer ``i`` multiplies by (and adds)."""
+        W = self.params[f"W{i}"]
+        if not self.input_bias:
+            return W, self.params[f"b{i}"]
+        if i == 1:
+            # The notebook's column of ones, folded into W1's last row:
+            # x @ W1[:-1] + W1[-1] equals [x, 1] @ W1 without copying the
+            # whole input to append the column.
+            return W[:-1], W[-1]
+        return (W,)
 
     def forward(self, x):
         """Logits for a (N, sizes[0]) batch of inputs."""
         h = x.reshape(x.shape[0], -1)
-        if self.input_bias:
-            h = self._with_ones_column(h)
         for i, layer in enumerate(self.layers, start=1):
-            if self.input_bias:
-                h = layer.forward(h, self.params[f"W{i}"])
-            else:
-                h = layer.forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
+            h = layer.forward(h, *self._weights(i))
             if i < self.num_layers:
                 h = self.relus[i - 1].forward(h)
         return h
@@ -109,9 +108,12 @@ class MLP:
         for i in range(self.num_layers, 0, -1):
             grads = self.layers[i - 1].backward(g)
             g = grads[0]
-            self.grads[f"W{i}"] = grads[1]
             if not self.input_bias:
-                self.grads[f"b{i}"] = grads[2]
+                self.grads[f"W{i}"], self.grads[f"b{i}"] = grads[1], grads[2]
+            elif i == 1:
+                self.grads["W1"] = self.xp.concatenate([grads[1], grads[2][None, :]])
+            else:
+                self.grads[f"W{i}"] = grads[1]
             if i > 1:
                 g = self.relus[i - 2].backward(g)
         return self.grads
