@@ -48,6 +48,17 @@ def test_relu_backward(xp, rng, dtype):
     assert report.ok, report
 
 
+def test_relu_in_place_overwrites_its_input_and_keeps_the_gradient(xp, rng):
+    x = rng.normal(size=(6, 7))
+    gy = rng.normal(size=(6, 7))
+    (x_dev, gy_dev) = move(xp, x, gy)
+    op = Relu(inplace=True)
+    y = op.forward(x_dev)
+    assert y is x_dev
+    np.testing.assert_array_equal(backend.to_numpy(x_dev), np.maximum(x, 0))
+    np.testing.assert_array_equal(backend.to_numpy(op.backward(gy_dev)), gy * (x > 0))
+
+
 @pytest.mark.parametrize("op", [Softmax, LogSoftmax])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_family_backward(xp, rng, op, dtype):

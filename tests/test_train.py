@@ -147,6 +147,10 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
         f.write("new")
     assert target.read_text() == "new"
     assert os.listdir(tmp_path) == ["f.txt"]
+    # Readable like any other file the user writes (mkstemp alone would make it 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_divergence_stops_before_writing_a_bad_checkpoint(tmp_path):

@@ -69,7 +69,8 @@ class MLP:
         self.layers = [
             (Linear if self._has_bias(i) else Matmul)(needs_input_grad=i > 1) for i in range(1, n_layers + 1)
         ]
-        self.relus = [Relu() for _ in range(n_layers - 1)]
+        # In place: each ReLU's input is a fresh layer output that nothing else keeps.
+        self.relus = [Relu(inplace=True) for _ in range(n_layers - 1)]
 
     @property
     def num_layers(self) -> int:

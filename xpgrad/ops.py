@@ -93,12 +93,23 @@ class Linear(Op):
 
 
 class Relu(Op):
-    """``max(x, 0)``; the gradient passes where ``x > 0``."""
+    """``max(x, 0)``; the gradient passes where ``x > 0``.
+
+    With ``inplace=True`` the output overwrites the input (as PyTorch's
+    ``nn.ReLU(inplace=True)``), saving an allocation when nothing else needs
+    the input, as inside :class:`xpgrad.model.MLP`.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
 
     def forward(self, x):
         xp = get_array_module(x)
-        self.mem["x"] = x
-        return xp.maximum(x, 0)
+        y = xp.maximum(x, 0, out=x if self.inplace else None)
+        # y > 0 exactly where x > 0, so the output serves the backward pass.
+        self.mem["x"] = y
+        return y
 
     def backward(self, gy):
         x = self.mem["x"]

@@ -37,13 +37,14 @@ class Optimizer:
     def step(self, grads: dict) -> None:
         """Apply one update from ``grads`` (same names and shapes as the parameters)."""
         self.step_count += 1
-        for name, p in self.params.items():
-            g = grads[name]
-            xp = get_array_module(p, g)
-            if xp is not numpy and backend.fused_enabled():
-                self._fused(name, p, g)
-            else:
-                self._generic(xp, name, p, g)
+        # Parameters live on one device: decide the path once per step.
+        xp = get_array_module(*self.params.values(), *grads.values())
+        if xp is not numpy and backend.fused_enabled():
+            for name, p in self.params.items():
+                self._fused(name, p, grads[name])
+        else:
+            for name, p in self.params.items():
+                self._generic(xp, name, p, grads[name])
 
     def _state(self, name):
         return [self.state[s][name] for s in self.state_names]

@@ -263,7 +263,7 @@ class Trainer:
                     x, t = self.x_train, self.t_train
                 else:
                     idx = perm[step * b:(step + 1) * b]
-                    x, t = xp.take(self.x_train, idx, axis=0), xp.take(self.t_train, idx, axis=0)
+                    x, t = self.x_train[idx], self.t_train[idx]
                 logits = model.forward(x)
                 loss = head.forward(logits, t)
                 model.backward(head.backward())
