@@ -241,6 +241,22 @@ def no_gpu_reason() -> str | None:
     return None if ok else reason
 
 
+def gpu_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """:func:`parser` plus ``--require-gpu``, for the GPU-only benchmarks."""
+    p = parser(description, repeats)
+    p.add_argument("--require-gpu", action="store_true", help="exit 2 instead of 0 when there is no usable GPU")
+    return p
+
+
+def exit_code_without_gpu(args) -> int | None:
+    """Print "no GPU: <reason>" and return the exit code when no GPU is usable; None when one is."""
+    reason = no_gpu_reason()
+    if reason is None:
+        return None
+    print(f"no GPU: {reason}")
+    return 2 if args.require_gpu else 0
+
+
 def synchronize_all() -> None:
     from xpgrad import backend
 

@@ -176,14 +176,12 @@ def shapes():
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.splitlines()[0], repeats=15)
+    p = common.gpu_parser(__doc__.splitlines()[0], repeats=15)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--require-gpu", action="store_true", help="exit 2 instead of 0 when there is no usable GPU")
     args = p.parse_args(argv)
-    reason = common.no_gpu_reason()
-    if reason:
-        print(f"no GPU: {reason}")
-        return 2 if args.require_gpu else 0
+    code = common.exit_code_without_gpu(args)
+    if code is not None:
+        return code
     try:
         import torch
 
