@@ -84,8 +84,9 @@ def test_checkpoint_holds_everything_and_loads_without_pickle(tmp_path):
     run(trainer, str(tmp_path), log=lambda *_: None)
     with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as data:
         keys = set(data.files)
-    assert {"param/W1", "param/b1", "param/W2", "param/b2", "optim/step_count", "optim/m/W1",
-            "optim/v/W1", "rng_state", "epoch", "config", "dataset_checksum"} <= keys
+    # The optimizer updates the model's flat parameter buffer as one array, "all".
+    assert {"param/W1", "param/b1", "param/W2", "param/b2", "optim/step_count", "optim/m/all",
+            "optim/v/all", "rng_state", "epoch", "config", "dataset_checksum"} <= keys
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ckpt["config"]["optimizer"] == "adam"
     assert ckpt["dataset_checksum"] == "synthetic-0"
@@ -211,6 +212,32 @@ def test_model_parameters_by_name_round_trip():
         assert np.array_equal(a.params[k], b.params[k])
     with pytest.raises(ValueError, match="shape"):
         MLP((12, 6, 3)).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("input_bias", [False, True])
+def test_mlp_backward_fills_its_flat_gradient_buffer_correctly(rng, input_bias):
+    """Every named gradient, written through views of grad_buffer, against central differences."""
+    from xpgrad.gradcheck import gradcheck
+    from xpgrad.ops import SoftmaxCrossEntropy
+
+    model = MLP((6, 5, 4, 3), input_bias=input_bias, dtype="float64", seed=2)
+    x, t = rng.normal(size=(7, 6)), rng.integers(0, 3, size=7)
+    sce = SoftmaxCrossEntropy()
+    sce.forward(model.forward(x), t)
+    grads = model.backward(sce.backward())
+    names = list(model.params)
+    for name in names:
+        assert np.shares_memory(grads[name], model.grad_buffer)
+        assert np.shares_memory(model.params[name], model.param_buffer)
+
+    def loss_of(*params):
+        for name, value in zip(names, params):
+            model.params[name][...] = value
+        return SoftmaxCrossEntropy().forward(model.forward(x), t)
+
+    values = [model.params[n].copy() for n in names]
+    report = gradcheck(loss_of, values, [grads[n].copy() for n in names])
+    assert report.ok, report
 
 
 def test_model_save_and_load(tmp_path, rng):

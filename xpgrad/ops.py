@@ -63,11 +63,12 @@ class Matmul(Op):
         self.mem = {"x": x, "W": W}
         return xp.matmul(x, W)
 
-    def backward(self, gy):
+    def backward(self, gy, out=None):
+        """``(gx, gW)``; ``out=(gW,)`` writes gW into a preallocated array."""
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
         gx = xp.matmul(gy, W.T) if self.needs_input_grad else None
-        gW = xp.matmul(x.T, gy)
+        gW = xp.matmul(x.T, gy, out=None if out is None else out[0])
         return gx, gW
 
 
@@ -85,11 +86,13 @@ class Linear(Op):
         h += b
         return h
 
-    def backward(self, gy):
+    def backward(self, gy, out=None):
+        """``(gx, gW, gb)``; ``out=(gW, gb)`` writes them into preallocated arrays."""
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
+        gW_out, gb_out = (None, None) if out is None else out
         gx = xp.matmul(gy, W.T) if self.needs_input_grad else None
-        return gx, xp.matmul(x.T, gy), gy.sum(axis=0)
+        return gx, xp.matmul(x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
 
 
 class Relu(Op):

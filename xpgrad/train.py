@@ -210,7 +210,10 @@ class Trainer:
                          device=self.device, seed=config.seed)
         kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
         try:
-            self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kwargs)
+            # The optimizer sees the model's flat buffers as one parameter, so each
+            # step is one update (one fused kernel on the GPU) for the whole model.
+            self.optimizer = make_optimizer(config.optimizer, {"all": self.model.param_buffer}, config.lr, **kwargs)
+            self._flat_grads = {"all": self.model.grad_buffer}
         except ValueError as exc:
             raise XpgradError(str(exc)) from None
         if config.head not in HEADS:
@@ -268,7 +271,7 @@ class Trainer:
                 loss = head.forward(logits, t)
                 model.backward(head.backward())
                 opt.lr = self.lr_at(opt.step_count)
-                opt.step(model.grads)
+                opt.step(self._flat_grads)
                 loss_sum += loss * t.shape[0]
                 correct += (logits.argmax(axis=1) == t).sum()
                 seen += t.shape[0]
