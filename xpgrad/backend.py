@@ -22,12 +22,10 @@ from .errors import DeviceError
 
 try:  # pragma: no cover - depends on the machine
     import cupy
-    import cupyx
 
     _CUPY_IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # ImportError, or a broken CUDA install raising at import
     cupy = None
-    cupyx = None
     _CUPY_IMPORT_ERROR = exc
 
 #: Set ``XPGRAD_FUSED=0`` to run the generic ``xp`` code on the GPU instead of
@@ -253,31 +251,9 @@ def elementwise_kernel(in_params: str, out_params: str, operation: str, name: st
     return cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
 
 
-def reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, **kwargs):
-    """Build a ``cupy.ReductionKernel`` (compiled on first call per dtype)."""
-    _require_cupy()
-    return cupy.ReductionKernel(
-        in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, **kwargs
-    )
-
-
 def _require_cupy():
     if cupy is None:
         raise DeviceError(f"CuPy is not installed; install it with {_INSTALL_HINT}")
-
-
-def cupy_include_dirs() -> list[str]:
-    """Header folders CuPy passes to NVRTC (for compiling kernel source without a GPU)."""
-    _require_cupy()
-    from cupy import _environment  # noqa: PLC0415 - internal, only used by checks
-
-    base = os.path.join(os.path.dirname(cupy.__file__), "_core", "include")
-    dirs = [base]
-    try:
-        dirs += list(_environment.get_cuda_path() and [os.path.join(_environment.get_cuda_path(), "include")] or [])
-    except Exception:
-        pass
-    return dirs
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""The array-module abstraction: devices by name, xp by inputs, and why a GPU is unusable."""
+
+import types
+
+import numpy as np
+import pytest
+
+from xpgrad import backend
+from xpgrad.errors import DeviceError
+
+
+def test_cpu_device_by_name():
+    for name in ("cpu", " CPU ", backend.CPU):
+        device = backend.get_device(name)
+        assert device == backend.CPU and device.xp is np and not device.is_gpu
+        assert str(device) == "cpu"
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "cuda:-1", "cpu:0", "", "gpu"])
+def test_unknown_device_names(name):
+    with pytest.raises(DeviceError, match="unknown device"):
+        backend.get_device(name)
+
+
+def test_auto_follows_the_gpu_status():
+    expected = "cuda:0" if backend.gpu_available() else "cpu"
+    assert str(backend.get_device("auto")) == expected
+
+
+def test_cuda_without_a_usable_gpu_says_why():
+    ok, reason = backend.gpu_status()
+    if ok:
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(DeviceError) as info:
+        backend.get_device("cuda:1")
+    message = str(info.value)
+    assert "\n" not in message
+    assert reason in message
+
+
+def test_gpu_status_tells_missing_cupy_from_missing_driver(monkeypatch):
+    monkeypatch.setattr(backend, "cupy", None)
+    monkeypatch.setattr(backend, "_CUPY_IMPORT_ERROR", ImportError("No module named 'cupy'"))
+    ok, reason = backend.gpu_status.__wrapped__()
+    assert not ok and "CuPy is not installed" in reason and "pip install" in reason
+
+    def no_driver():
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    fake = types.SimpleNamespace(__version__="14.2.0",
+                                 cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_driver)))
+    monkeypatch.setattr(backend, "cupy", fake)
+    ok, reason = backend.gpu_status.__wrapped__()
+    assert not ok
+    assert "CuPy 14.2.0 is installed but CUDA is not usable" in reason
+    assert "cudaErrorInsufficientDriver" in reason and "nvidia-smi" in reason
+
+    fake.cuda.runtime.getDeviceCount = lambda: 0
+    ok, reason = backend.gpu_status.__wrapped__()
+    assert not ok and "no CUDA GPU is visible" in reason
+
+
+def test_get_array_module_on_host_inputs():
+    assert backend.get_array_module(np.zeros(2), 3.0, None, np.float32(1)) is np
+    assert backend.get_array_module() is np
+
+
+def test_to_numpy_and_to_device_on_the_cpu():
+    a = np.arange(6.0).reshape(2, 3)
+    assert backend.to_device(a, "cpu") is a
+    assert backend.to_numpy(a) is a
+    assert backend.device_of(a) == backend.CPU
+
+
+@pytest.mark.gpu
+def test_mixed_devices_are_an_error_naming_both(gpu_xp):
+    with pytest.raises(DeviceError, match=r"cpu and cuda:0|cuda:0 and cpu"):
+        backend.get_array_module(np.zeros(2), gpu_xp.zeros(2))
+
+
+@pytest.mark.gpu
+def test_round_trip_through_the_gpu(gpu_xp):
+    a = np.arange(6.0).reshape(2, 3)
+    d = backend.to_device(a, "cuda")
+    assert backend.get_array_module(d) is gpu_xp
+    assert backend.device_of(d) == backend.get_device("cuda:0")
+    np.testing.assert_array_equal(backend.to_numpy(d), a)
