@@ -49,15 +49,11 @@ class XpgradStep:
         self.correct = xp.zeros((), dtype=xp.int64)
 
     def __call__(self):
-        tr, xp = self.trainer, self.trainer.xp
-        x, t = xp.take(tr.x_train, self.idx, axis=0), xp.take(tr.t_train, self.idx, axis=0)
-        logits = tr.model.forward(x)
-        loss = tr.head.forward(logits, t)
-        tr.model.backward(tr.head.backward())
-        tr.optimizer.lr = tr.lr_at(tr.optimizer.step_count)
-        tr.optimizer.step(tr.model.grads)
+        tr = self.trainer
+        x, t = tr.x_train[self.idx], tr.t_train[self.idx]
+        loss, correct = tr.step(x, t)
         self.loss_sum += loss * t.shape[0]
-        self.correct += (logits.argmax(axis=1) == t).sum()
+        self.correct += correct
 
 
 def make_trainer(dataset) -> Trainer:
@@ -241,7 +237,7 @@ def main(argv=None) -> int:
         ["step (fixed batch)", "median (min–max)", "x PyTorch eager", "kernels per step"],
         [[name, common.fmt_spread(s), f"{s['median'] / t_step:.2f}x" if t_step else "n/a",
           _launch_words(launches, name.split(",")[0])] for name, s in step_times.items()]))
-    print(f"\nfirst-epoch train loss (same weights, same batch order): "
+    print("\nfirst-epoch train loss (same weights, same batch order): "
           + ", ".join(f"{k} {v['train_loss']:.5f}" for k, v in first.items()))
     if "max_param_difference_vs_eager" in graph_info:
         print(f"CUDA graph vs eager after {GRAPH_CHECK_STEPS} steps: max |param difference| "

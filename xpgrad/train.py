@@ -20,7 +20,7 @@ import time
 import numpy
 
 from . import backend
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, save_checkpoint
 from .errors import CheckpointError, DivergenceError, XpgradError
 from .model import MLP
 from .ops import Log, Softmax, SoftmaxCrossEntropy
@@ -250,7 +250,7 @@ class Trainer:
 
     def train_epoch(self, bar=None) -> dict:
         """Train one epoch; returns the epoch's mean training loss and accuracy, and its seconds."""
-        xp, model, head, opt = self.xp, self.model, self.head, self.optimizer
+        xp = self.xp
         n, b = self.n_train, self.batch_size
         full_batch = b == n
         start = time.perf_counter()
@@ -267,13 +267,9 @@ class Trainer:
                 else:
                     idx = perm[step * b:(step + 1) * b]
                     x, t = self.x_train[idx], self.t_train[idx]
-                logits = model.forward(x)
-                loss = head.forward(logits, t)
-                model.backward(head.backward())
-                opt.lr = self.lr_at(opt.step_count)
-                opt.step(self._flat_grads)
+                loss, n_correct = self.step(x, t)
                 loss_sum += loss * t.shape[0]
-                correct += (logits.argmax(axis=1) == t).sum()
+                correct += n_correct
                 seen += t.shape[0]
                 pending += 1
                 if pending == self.log_every or step == self.steps_per_epoch - 1:
@@ -288,6 +284,17 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.epoch += 1
         return {"train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen, "seconds": seconds}
+
+    def step(self, x, t):
+        """One optimizer step on the batch ``(x, t)``; returns the batch's mean loss and
+        its number of correct predictions, both as 0-d arrays on the device (no host sync)."""
+        model, head, opt = self.model, self.head, self.optimizer
+        logits = model.forward(x)
+        loss = head.forward(logits, t)
+        model.backward(head.backward())
+        opt.lr = self.lr_at(opt.step_count)
+        opt.step(self._flat_grads)
+        return loss, (logits.argmax(axis=1) == t).sum()
 
     def _check_finite(self, loss: float, step: int) -> None:
         if not math.isfinite(loss):
