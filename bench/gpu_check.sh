@@ -22,7 +22,8 @@ export PYTHONPATH="${PYTHONPATH:-.}"
 # Benchmarks run with OpenBLAS's own choice of kernel (see bench/README.md).
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 
-PYTHON=${PYTHON:-python}
+# The device image has python3 (the one with PyTorch and CuPy) and maybe no `python`.
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 OUT=${OUT:-gpu-check-out}
 DATA_DIR=${XPGRAD_GPU_DATA:-.cache/gpu-data/fashion-mnist}
 BUDGET=${GPU_CHECK_BUDGET:-450}   # seconds for all steps; the caller's limit is 480
@@ -69,7 +70,7 @@ bench() {
 
 run nvidia-smi 20 nvidia-smi
 run xpgrad-info 60 "$PYTHON" -m xpgrad.cli info --device cuda
-run pytest-gpu 150 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider
+run pytest-gpu 180 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider --durations=10
 bench gpu_kernels 100
 bench gpu_epoch 120 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
 if [ -d "$DATA_DIR" ]; then

@@ -85,3 +85,19 @@ def test_round_trip_through_the_gpu(gpu_xp):
     assert backend.get_array_module(d) is gpu_xp
     assert backend.device_of(d) == backend.get_device("cuda:0")
     np.testing.assert_array_equal(backend.to_numpy(d), a)
+
+
+def test_require_gpu_turns_the_gpu_skips_into_an_error():
+    """bench/gpu_check.sh sets XPGRAD_REQUIRE_GPU=1 so that a GPU run that skipped everything cannot read as a pass."""
+    import os
+    import subprocess
+    import sys
+
+    ok, _ = backend.gpu_status()
+    if ok:
+        pytest.skip("a GPU is usable here, so the error path cannot be reached")
+    env = dict(os.environ, XPGRAD_REQUIRE_GPU="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "tests/test_backend.py"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "XPGRAD_REQUIRE_GPU=1 but there is no usable GPU" in proc.stdout + proc.stderr
