@@ -130,10 +130,16 @@ def test_ops_keep_dtype(xp, rng, dtype):
     assert sce.backward().dtype == dtype
 
 
-def test_softmax_cross_entropy_rejects_bad_labels():
+@pytest.mark.parametrize("label_dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint32])
+def test_softmax_cross_entropy_rejects_bad_labels(label_dtype):
     x = np.zeros((3, 4))
     with pytest.raises(ValueError, match="labels must lie"):
-        SoftmaxCrossEntropy().forward(x, np.array([0, 4, 1]))
+        SoftmaxCrossEntropy().forward(x, np.array([0, 4, 1], dtype=label_dtype))
+    if np.dtype(label_dtype).kind == "i":
+        with pytest.raises(ValueError, match="labels must lie"):
+            SoftmaxCrossEntropy().forward(x, np.array([0, -1, 1], dtype=label_dtype))
+    # the largest and smallest valid labels pass
+    SoftmaxCrossEntropy().forward(x, np.array([0, 3, 3], dtype=label_dtype))
     with pytest.raises(ValueError, match="3 rows of logits but 2 labels"):
         SoftmaxCrossEntropy().forward(x, np.array([0, 1]))
     with pytest.raises(ValueError, match="labels must be integer class indices"):
@@ -151,3 +157,29 @@ def test_gradcheck_catches_a_wrong_backward(rng):
     assert not report.ok
     assert "MISMATCH" in str(report)
     assert gradcheck(square, (x,), [2 * x]).ok
+
+
+def test_backward_out_arguments_match_fresh_results(xp, rng):
+    """out= (NumPy's convention: one array per returned value, None to allocate) gives the same numbers."""
+    x, W, b, gy = move(xp, *(rng.normal(size=s) for s in [(4, 3), (3, 5), (5,), (4, 5)]))
+    for op_cls, args in ((Matmul, (x, W)), (Linear, (x, W, b))):
+        op = op_cls()
+        op.forward(*args)
+        fresh = op.backward(gy)
+        outs = tuple(xp.full_like(a, np.nan) for a in fresh)
+        got = op.backward(gy, out=outs)
+        for g, o, f in zip(got, outs, fresh):
+            assert g is o
+            np.testing.assert_array_equal(backend.to_numpy(o), backend.to_numpy(f))
+        h = xp.full_like(op.forward(*args), np.nan)
+        assert op.forward(*args, out=h) is h
+        np.testing.assert_array_equal(backend.to_numpy(h), backend.to_numpy(op_cls().forward(*args)))
+
+
+def test_relu_backward_can_overwrite_its_gradient(xp, rng):
+    x, gy = rng.normal(size=(6, 7)), rng.normal(size=(6, 7))
+    x_dev, gy_dev = move(xp, x, gy)
+    op = Relu()
+    op.forward(x_dev)
+    assert op.backward(gy_dev, out=gy_dev) is gy_dev
+    np.testing.assert_array_equal(backend.to_numpy(gy_dev), gy * (x > 0))

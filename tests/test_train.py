@@ -240,6 +240,31 @@ def test_mlp_backward_fills_its_flat_gradient_buffer_correctly(rng, input_bias):
     assert report.ok, report
 
 
+def test_mlp_scratch_space_never_leaks_into_results(rng):
+    """Hidden activations and gradients reuse scratch arrays across calls; the logits a
+    caller holds must not change, and a step after a bigger or smaller batch must give
+    the same gradients as a fresh model."""
+    from xpgrad.ops import SoftmaxCrossEntropy
+
+    def grads_of(model, x, t):
+        sce = SoftmaxCrossEntropy()
+        sce.forward(model.forward(x), t)
+        return {k: v.copy() for k, v in model.backward(sce.backward()).items()}
+
+    model = MLP((6, 5, 4, 3), dtype="float64", seed=2)
+    x1, x2 = rng.normal(size=(7, 6)), rng.normal(size=(9, 6))
+    t1 = rng.integers(0, 3, size=7)
+    logits1 = model.forward(x1)
+    kept = logits1.copy()
+    model.forward(x2)
+    np.testing.assert_array_equal(logits1, kept)
+    assert not any(np.shares_memory(logits1, w) for w in model._workspace.values())
+    grads_of(model, x2, rng.integers(0, 3, size=9))  # the scratch space now holds 9 rows
+    fresh = grads_of(MLP((6, 5, 4, 3), dtype="float64", seed=2), x1, t1)
+    for name, g in grads_of(model, x1, t1).items():
+        np.testing.assert_array_equal(g, fresh[name])
+
+
 def test_model_save_and_load(tmp_path, rng):
     a = MLP((12, 5, 3), input_bias=True, dtype="float64", seed=3)
     a.save(tmp_path / "model.npz")

@@ -214,10 +214,16 @@ def _rows(x):
     return backend.cupy.ascontiguousarray(x)
 
 
-def relu_backward(x, gy):
-    """Gradient of ReLU: ``gy`` where ``x > 0``, else 0. Any shape; gx has x's shape."""
+def relu_backward(x, gy, out=None):
+    """Gradient of ReLU: ``gy`` where ``x > 0``, else 0. Any shape; gx has x's shape.
+
+    ``out`` receives the result when given; it may be ``gy`` itself (each
+    element is read before it is written, by the same thread)."""
     _check_float(x, gy)
-    return _relu_bwd(x, gy)
+    if out is None:
+        return _relu_bwd(x, gy)
+    _check_float(out)
+    return _relu_bwd(x, gy, out)
 
 
 def log_softmax_forward(x):

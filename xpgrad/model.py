@@ -92,6 +92,7 @@ class MLP:
         ]
         # In place: each ReLU's input is a fresh layer output that nothing else keeps.
         self.relus = [Relu(inplace=True) for _ in range(n_layers - 1)]
+        self._workspace = {}
 
     @property
     def num_layers(self) -> int:
@@ -117,22 +118,42 @@ class MLP:
             return W[:-1], W[-1]
         return (W,)
 
+    def _work(self, name: str, rows: int, width: int):
+        """A (rows, width) scratch array that lives across steps, grown as needed.
+
+        Hidden activations and hidden-layer gradients go here instead of into
+        fresh arrays: at the notebook's full batch each is 24-48 MB, and a
+        fresh one costs its page faults every step. Only arrays that never
+        leave the model use it; the logits are always a new array.
+        """
+        buf = self._workspace.get(name)
+        if buf is None or buf.shape[0] < rows or buf.dtype != self.dtype:
+            with self.device:
+                buf = self._workspace[name] = self.xp.empty((rows, width), dtype=self.dtype)
+        return buf[:rows]
+
     def forward(self, x):
         """Logits for a (N, sizes[0]) batch of inputs."""
         h = x.reshape(x.shape[0], -1)
+        n = h.shape[0]
         for i, layer in enumerate(self.layers, start=1):
-            h = layer.forward(h, *self._weights(i))
-            if i < self.num_layers:
+            hidden = i < self.num_layers
+            out = self._work(f"h{i}", n, self.sizes[i]) if hidden and h.dtype == self.dtype else None
+            h = layer.forward(h, *self._weights(i), out=out)
+            if hidden:
                 h = self.relus[i - 1].forward(h)
         return h
 
     def backward(self, g):
         """Backpropagate the gradient of the loss w.r.t. the logits; fills ``self.grads``."""
+        n = g.shape[0]
         for i in range(self.num_layers, 0, -1):
-            # Weight gradients are written straight into their views of grad_buffer.
-            g = self.layers[i - 1].backward(g, out=self._weights(i, self.grads))[0]
+            # Weight gradients are written straight into their views of grad_buffer,
+            # and the input gradient of a hidden layer into scratch space.
+            gx = self._work(f"g{i - 1}", n, self.sizes[i - 1]) if i > 1 and g.dtype == self.dtype else None
+            g = self.layers[i - 1].backward(g, out=(gx, *self._weights(i, self.grads)))[0]
             if i > 1:
-                g = self.relus[i - 2].backward(g)
+                g = self.relus[i - 2].backward(g, out=g)
         return self.grads
 
     def predict(self, x):
