@@ -74,13 +74,7 @@ def capture(step):
         for _ in range(3):  # compile kernels and fill the memory pool's arena for this stream
             step()
     stream.synchronize()
-    with stream:
-        stream.begin_capture()
-        try:
-            step()
-        finally:
-            graph = stream.end_capture()
-    return graph, stream
+    return backend.capture_graph(step, stream), stream
 
 
 def graph_nodes(graph) -> dict:

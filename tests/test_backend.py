@@ -101,3 +101,69 @@ def test_require_gpu_turns_the_gpu_skips_into_an_error():
                            "tests/test_backend.py"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0
     assert "XPGRAD_REQUIRE_GPU=1 but there is no usable GPU" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cublas_gemm_matches_matmul_in_every_layout(gpu_xp, rng, dtype):
+    cp = gpu_xp
+    a = cp.asarray(rng.normal(size=(7, 5)).astype(dtype))
+    b = cp.asarray(rng.normal(size=(5, 3)).astype(dtype))
+    cases = {
+        "a @ b": (a, b),
+        "transposed view @ .": (cp.ascontiguousarray(a.T).T, b),  # as x.T in a weight gradient
+        ". @ transposed view": (a, cp.ascontiguousarray(b.T).T),  # as W.T in an input gradient
+        "F-ordered @ F-ordered": (cp.asfortranarray(a), cp.asfortranarray(b)),
+        "strided": (a[:, ::1], cp.asarray(rng.normal(size=(5, 6)).astype(dtype))[:, ::2]),
+        "vector": (a, b[:, 0]),
+    }
+    for name, (x, y) in cases.items():
+        want = backend.to_numpy(x) @ backend.to_numpy(y)
+        got = backend.cublas_gemm(x, y)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(backend.to_numpy(got), want, rtol=tol, atol=tol, err_msg=name)
+    out = cp.full((7, 3), cp.nan, dtype=dtype)
+    assert backend.cublas_gemm(a, b, out) is out
+    np.testing.assert_allclose(backend.to_numpy(out), backend.to_numpy(a) @ backend.to_numpy(b), rtol=1e-5)
+
+
+def test_capture_graph_records_matmul_and_replays_it_on_current_data(gpu_xp, rng):
+    cp = gpu_xp
+    a = cp.asarray(rng.normal(size=(64, 32)).astype(np.float32))
+    w = cp.asarray(rng.normal(size=(32, 16)).astype(np.float32))
+    h = cp.empty((64, 16), dtype=np.float32)
+
+    def step():
+        backend.matmul(cp, a, w, out=h)
+        cp.maximum(h, 0, out=h)
+
+    stream = cp.cuda.Stream(non_blocking=True)  # does not wait for the default stream: sync by hand
+    with stream:
+        step()  # warm-up: compile, fill the memory pool
+    cp.cuda.Device().synchronize()
+    h.fill(cp.nan)
+    cp.cuda.Device().synchronize()
+    graph = backend.capture_graph(step, stream)
+    cp.cuda.Device().synchronize()
+    assert bool(cp.isnan(h).all())  # recording runs nothing
+    for _ in range(2):
+        a += 1.0  # replays read the arrays as they are now
+        cp.cuda.Device().synchronize()
+        graph.launch(stream)
+        stream.synchronize()
+        want = np.maximum(backend.to_numpy(a) @ backend.to_numpy(w), 0)
+        np.testing.assert_allclose(backend.to_numpy(h), want, rtol=1e-4, atol=1e-4)
+    assert backend._capture_handle is None
+
+
+def test_capture_graph_reports_the_error_of_the_recorded_function(gpu_xp):
+    cp = gpu_xp
+    stream = cp.cuda.Stream(non_blocking=True)
+
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        backend.capture_graph(broken, stream)
+    assert backend._capture_handle is None
+    with stream:  # the stream is usable afterwards
+        assert float(cp.ones(3).sum()) == 3.0

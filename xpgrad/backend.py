@@ -257,6 +257,107 @@ def _require_cupy():
 
 
 # ---------------------------------------------------------------------------
+# Matrix products, and CUDA-graph capture.
+#
+# CuPy refuses every cuBLAS call while a stream is being captured into a CUDA
+# graph (NotImplementedError: "calling cuBLAS API during stream capture is
+# currently unsupported"; cupy/cupy#6290), although cuBLAS's gemm itself can be
+# captured. So while capture_graph() records, matmul() calls cuBLAS's gemm
+# directly on CuPy's own handle, fetched before the capture began.
+
+_capture_handle = None  # CuPy's cuBLAS handle while capture_graph() records, else None
+
+
+def matmul(xp, a, b, out=None):
+    """``xp.matmul(a, b, out=out)``, which also works inside :func:`capture_graph`."""
+    if _capture_handle is None or xp is numpy:
+        return xp.matmul(a, b, out=out)
+    return cublas_gemm(a, b, out, handle=_capture_handle)
+
+
+def cublas_gemm(a, b, out=None, *, handle=None):
+    """``a @ b`` for 2-D (or 2-D by 1-D) float32/float64 CuPy arrays, by one cuBLAS gemm call.
+
+    cuBLAS is column-major: a C-ordered (r, c) array is its (c, r) transpose
+    there, so the row-major product ``C = A @ B`` is computed as
+    ``C^T = B^T A^T``; an operand that is a transposed view (F-ordered) is
+    passed with the transpose flag instead of being copied.
+    """
+    from cupy_backends.cuda.libs import cublas
+
+    if b.ndim == 1:
+        return cublas_gemm(a, b[:, None], None if out is None else out[:, None], handle=handle)[:, 0]
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"cublas_gemm needs (m, k) @ (k, n) arrays, got {a.shape} @ {b.shape}")
+    if a.dtype != b.dtype or a.dtype.type not in (numpy.float32, numpy.float64):
+        raise TypeError(f"cublas_gemm needs two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = cupy.empty((m, n), dtype=a.dtype)
+    elif out.shape != (m, n) or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {(m, n)}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+
+    def operand(x):  # (array, transpose flag, leading dimension) in cuBLAS's column-major terms
+        if x.flags.c_contiguous:
+            return x, cublas.CUBLAS_OP_N, x.shape[1]
+        if x.flags.f_contiguous:
+            return x, cublas.CUBLAS_OP_T, x.shape[0]
+        x = cupy.ascontiguousarray(x)
+        return x, cublas.CUBLAS_OP_N, x.shape[1]
+
+    a, op_a, lda = operand(a)
+    b, op_b, ldb = operand(b)
+    one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)  # host scalars: values captured
+    gemm = cublas.sgemm if a.dtype.type is numpy.float32 else cublas.dgemm
+    handle = cupy.cuda.device.get_cublas_handle() if handle is None else handle
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+         zero.ctypes.data, out.data.ptr, n)
+    return out
+
+
+def capture_graph(fn, stream):
+    """Record ``fn()`` on ``stream`` (a non-blocking CuPy stream) as a CUDA graph and return it.
+
+    Nothing runs while recording; ``graph.launch(stream)`` replays the work.
+    Run ``fn`` eagerly on the same stream first, so that kernels are compiled
+    and the memory pool already holds every block ``fn`` allocates: a capture
+    cannot allocate device memory or copy to or from the host.
+    """
+    global _capture_handle
+    _require_cupy()
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        with stream:
+            stream.begin_capture()
+            _capture_handle = handle
+            try:
+                fn()
+            except BaseException:
+                _capture_handle = None
+                try:  # end the broken capture so the stream stays usable; report fn's error
+                    stream.end_capture()
+                except Exception:
+                    pass
+                raise
+            _capture_handle = None
+            return stream.end_capture()
+    finally:
+        _capture_handle = None
+        cublas.setPointerMode(handle, mode)
+
+
+# ---------------------------------------------------------------------------
 # Kernel source checks: the CUDA source CuPy generates, compiled without a GPU.
 # These reach into CuPy internals (``cupy._core._kernel``, ``cupy._core.core``,
 # ``cupy.cuda.compiler``) as they are in CuPy 14 (checked with 14.2); tests only.

@@ -62,15 +62,15 @@ class Matmul(Op):
         """``x @ W``, written into ``out`` when given (as ``numpy.matmul``)."""
         xp = get_array_module(x, W)
         self.mem = {"x": x, "W": W}
-        return xp.matmul(x, W, out=out)
+        return backend.matmul(xp, x, W, out=out)
 
     def backward(self, gy, out=None):
         """``(gx, gW)``; ``out=(gx, gW)`` (either may be None) writes them into preallocated arrays."""
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
         gx_out, gW_out = (None, None) if out is None else out
-        gx = xp.matmul(gy, W.T, out=gx_out) if self.needs_input_grad else None
-        return gx, xp.matmul(x.T, gy, out=gW_out)
+        gx = backend.matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
+        return gx, backend.matmul(xp, x.T, gy, out=gW_out)
 
 
 class Linear(Op):
@@ -84,7 +84,7 @@ class Linear(Op):
         """``x @ W + b``, written into ``out`` when given."""
         xp = get_array_module(x, W, b)
         self.mem = {"x": x, "W": W}
-        h = xp.matmul(x, W, out=out)
+        h = backend.matmul(xp, x, W, out=out)
         h += b
         return h
 
@@ -93,8 +93,8 @@ class Linear(Op):
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
         gx_out, gW_out, gb_out = (None, None, None) if out is None else out
-        gx = xp.matmul(gy, W.T, out=gx_out) if self.needs_input_grad else None
-        return gx, xp.matmul(x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
+        gx = backend.matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
+        return gx, backend.matmul(xp, x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
 
 
 class Relu(Op):
@@ -190,7 +190,7 @@ def _row_max(xp, x):
 
 def _row_sum(xp, x):
     """Per-row sum of an (N, C) array, shape (N,), as a matrix-vector product with ones."""
-    return x @ xp.ones(x.shape[1], dtype=x.dtype)
+    return backend.matmul(xp, x, xp.ones(x.shape[1], dtype=x.dtype))
 
 
 def _logsumexp(xp, x):
