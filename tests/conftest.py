@@ -24,6 +24,14 @@ def pytest_configure(config):
             raise pytest.UsageError(f"XPGRAD_REQUIRE_GPU=1 but there is no usable GPU: {reason}")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests that take ``gpu_xp`` are GPU tests: mark them, so ``-m gpu`` selects them."""
+    for item in items:
+        if "gpu_xp" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gpu)
+
+
 def _cupy_param():
     ok, reason = backend.gpu_status()
     marks = [pytest.mark.gpu]

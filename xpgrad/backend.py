@@ -261,11 +261,13 @@ def _require_cupy():
 #
 # CuPy refuses every cuBLAS call while a stream is being captured into a CUDA
 # graph (NotImplementedError: "calling cuBLAS API during stream capture is
-# currently unsupported"; cupy/cupy#6290), although cuBLAS's gemm itself can be
-# captured. So while capture_graph() records, matmul() calls cuBLAS's gemm
-# directly on CuPy's own handle, fetched before the capture began.
+# currently unsupported"; cupy/cupy#6290), its low-level cuBLAS wrappers
+# included, although cuBLAS's gemm itself can be captured. So while
+# capture_graph() records, matmul() calls cuBLAS's C API directly (ctypes, on
+# the library CuPy has already loaded) with CuPy's own handle.
 
 _capture_handle = None  # CuPy's cuBLAS handle while capture_graph() records, else None
+_CUBLAS_OP_N, _CUBLAS_OP_T, _CUBLAS_POINTER_MODE_HOST = 0, 1, 0
 
 
 def matmul(xp, a, b, out=None):
@@ -273,6 +275,29 @@ def matmul(xp, a, b, out=None):
     if _capture_handle is None or xp is numpy:
         return xp.matmul(a, b, out=out)
     return cublas_gemm(a, b, out, handle=_capture_handle)
+
+
+@functools.lru_cache(maxsize=1)
+def _libcublas():
+    """cuBLAS's shared library, as CuPy loaded it (dlopen by soname finds the loaded copy)."""
+    import ctypes
+
+    cupy.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    lib = ctypes.CDLL(f"libcublas.so.{major}")
+    c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
+    for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+        getattr(lib, name).argtypes = [c_void_p, c_int, c_int, c_int, c_int, c_int, c_void_p, c_void_p,
+                                       c_int, c_void_p, c_int, c_void_p, c_void_p, c_int]
+    lib.cublasSetStream_v2.argtypes = [c_void_p, c_void_p]
+    lib.cublasSetPointerMode_v2.argtypes = [c_void_p, c_int]
+    lib.cublasGetPointerMode_v2.argtypes = [c_void_p, ctypes.POINTER(c_int)]
+    return lib
+
+
+def _cublas_check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
 
 def cublas_gemm(a, b, out=None, *, handle=None):
@@ -283,8 +308,6 @@ def cublas_gemm(a, b, out=None, *, handle=None):
     ``C^T = B^T A^T``; an operand that is a transposed view (F-ordered) is
     passed with the transpose flag instead of being copied.
     """
-    from cupy_backends.cuda.libs import cublas
-
     if b.ndim == 1:
         return cublas_gemm(a, b[:, None], None if out is None else out[:, None], handle=handle)[:, 0]
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
@@ -305,20 +328,23 @@ def cublas_gemm(a, b, out=None, *, handle=None):
 
     def operand(x):  # (array, transpose flag, leading dimension) in cuBLAS's column-major terms
         if x.flags.c_contiguous:
-            return x, cublas.CUBLAS_OP_N, x.shape[1]
+            return x, _CUBLAS_OP_N, x.shape[1]
         if x.flags.f_contiguous:
-            return x, cublas.CUBLAS_OP_T, x.shape[0]
+            return x, _CUBLAS_OP_T, x.shape[0]
         x = cupy.ascontiguousarray(x)
-        return x, cublas.CUBLAS_OP_N, x.shape[1]
+        return x, _CUBLAS_OP_N, x.shape[1]
 
     a, op_a, lda = operand(a)
     b, op_b, ldb = operand(b)
-    one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)  # host scalars: values captured
-    gemm = cublas.sgemm if a.dtype.type is numpy.float32 else cublas.dgemm
+    lib = _libcublas()
     handle = cupy.cuda.device.get_cublas_handle() if handle is None else handle
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
-         zero.ctypes.data, out.data.ptr, n)
+    # Host scalars, read when the call is made (and so baked into a captured graph).
+    one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)
+    gemm = lib.cublasSgemm_v2 if a.dtype.type is numpy.float32 else lib.cublasDgemm_v2
+    _cublas_check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
+    _cublas_check(lib.cublasSetPointerMode_v2(handle, _CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode")
+    _cublas_check(gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+                       zero.ctypes.data, out.data.ptr, n), "cublas gemm")
     return out
 
 
@@ -330,13 +356,14 @@ def capture_graph(fn, stream):
     and the memory pool already holds every block ``fn`` allocates: a capture
     cannot allocate device memory or copy to or from the host.
     """
+    import ctypes
+
     global _capture_handle
     _require_cupy()
-    from cupy_backends.cuda.libs import cublas
-
+    lib = _libcublas()
     handle = cupy.cuda.device.get_cublas_handle()
-    mode = cublas.getPointerMode(handle)
-    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    mode = ctypes.c_int()
+    _cublas_check(lib.cublasGetPointerMode_v2(handle, ctypes.byref(mode)), "cublasGetPointerMode")
     try:
         with stream:
             stream.begin_capture()
@@ -354,7 +381,7 @@ def capture_graph(fn, stream):
             return stream.end_capture()
     finally:
         _capture_handle = None
-        cublas.setPointerMode(handle, mode)
+        lib.cublasSetPointerMode_v2(handle, mode.value)  # as CuPy had it
 
 
 # ---------------------------------------------------------------------------
