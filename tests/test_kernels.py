@@ -26,6 +26,14 @@ ROW_CASES = [
     pytest.param(33, 17, 1e4, "c", id="big-logits"),
     pytest.param(16, 10, 3.0, "T", id="transposed"),
     pytest.param(9, 5, 1e4, "strided", id="strided-big"),
+    # Lane groups (C <= 32): rows per warp 32/L, and a last warp only partly used.
+    pytest.param(37, 3, 3.0, "c", id="37x3-L4"),
+    pytest.param(37, 16, 3.0, "c", id="37x16-L16"),
+    pytest.param(5, 32, 3.0, "c", id="5x32-L32"),
+    pytest.param(1000, 10, 3.0, "c", id="1000x10"),
+    # Past the lane groups: a thread per row.
+    pytest.param(7, 33, 3.0, "c", id="7x33-rows"),
+    pytest.param(3, 100, 1e4, "T", id="3x100-rows-transposed"),
 ]
 
 
@@ -125,7 +133,7 @@ def test_kernel_names_are_prefixed_and_unique():
 def test_specs_describe_their_parameters():
     for spec in kernels.KERNELS.values():
         declared = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",")}
-        raw = {p.split()[-1] for p in spec.in_params.split(",") if p.split()[0] == "raw"}
+        raw = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",") if p.split()[0] == "raw"}
         assert set(spec.scalars) <= declared, spec.name
         assert set(spec.raw_ndim) == raw, spec.name
 
@@ -328,3 +336,19 @@ def test_adam_update(gpu_xp, rng, dtype, layout):
     _assert_close(p_gpu, want_p, dtype)
     _assert_close(m_gpu, want_m, dtype)
     _assert_close(v_gpu, want_v, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("C", [10, 40])
+def test_a_nan_logit_spoils_only_its_own_row(gpu_xp, rng, C):
+    """Row maxima and sums stay inside a row, in the lane-group (C <= 32) and per-row kernels alike."""
+    x = rng.standard_normal((7, C)).astype(np.float32)
+    x[3, C // 2] = np.nan
+    t = rng.integers(0, C, size=7)
+    y = gpu_xp.asnumpy(kernels.log_softmax_forward(gpu_xp.asarray(x)))
+    assert np.isnan(y[3]).all()
+    rest = np.delete(np.arange(7), 3)
+    _assert_close(y[rest], ref_log_softmax(x[rest].astype(np.float64)), np.float32)
+    _, lse = kernels.softmax_cross_entropy_forward(gpu_xp.asarray(x), gpu_xp.asarray(t))
+    lse = gpu_xp.asnumpy(lse)
+    assert np.isnan(lse[3]) and np.isfinite(lse[rest]).all()

@@ -75,6 +75,116 @@ __device__ T xpgrad_logsumexp_row(const A& x, ptrdiff_t base, int C) {
 }
 """
 
+# Lane groups, for rows of C <= 32 (classification heads): each row is held by
+# L = 2**shift >= C consecutive threads of one warp, one value per thread, and
+# its max and sum are taken with warp shuffles. Loads and stores are then
+# coalesced (a thread per row reads with a stride of C values), every kernel
+# is one pass over memory, and row/column come from a shift and a mask, not a
+# 64-bit division. Lanes past C hold neutral values (-inf for the max, 0 for
+# sums). The kernels are called with size = N * L and block_size = 128, so
+# warps are whole and every group of L lanes is active together, which the
+# shuffle masks rely on.
+_LANE_GROUPS = """
+__device__ __forceinline__ unsigned xpgrad_group_mask(int L) {
+    if (L >= 32) return 0xffffffffu;
+    const unsigned first = (threadIdx.x & 31u) & ~(unsigned)(L - 1);
+    return ((1u << L) - 1u) << first;
+}
+
+template <typename T>
+__device__ __forceinline__ T xpgrad_group_max(T v, int L, unsigned mask) {
+    for (int o = L >> 1; o > 0; o >>= 1) {
+        const T w = __shfl_xor_sync(mask, v, o, L);
+        v = (w > v || w != w) ? w : v;  // NaN wins, so every lane ends with the same value
+    }
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T xpgrad_group_sum(T v, int L, unsigned mask) {
+    for (int o = L >> 1; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(mask, v, o, L);  // a butterfly: every lane gets the same sum
+    }
+    return v;
+}
+"""
+
+# The prologue of every lane-group kernel: this thread's row, column and
+# flat index, and whether the column is a real one.
+_LANE_PROLOGUE = """
+    const int L = 1 << shift;
+    const int col = (int)(i & (L - 1));
+    const ptrdiff_t row = (ptrdiff_t)(i >> shift);
+    const ptrdiff_t k = row * C + col;
+    const bool ok = col < C;
+"""
+
+_log_softmax_fwd_lanes = _register(KernelSpec(
+    name="xpgrad_log_softmax_fwd_lanes",
+    in_params="raw T x, int32 C, int32 shift",
+    out_params="raw T y",
+    operation=_LANE_PROLOGUE + """
+    const unsigned mask = xpgrad_group_mask(L);
+    const T v = ok ? x[k] : -(T)CUDART_INF;
+    const T m = xpgrad_group_max(v, L, mask);
+    const T s = xpgrad_group_sum(ok ? exp(v - m) : (T)0, L, mask);
+    if (ok) y[k] = v - m - log(s);
+    """,
+    preamble=_LANE_GROUPS,
+    scalars=("C", "shift"),
+    raw_ndim={"x": 2, "y": 2},
+))
+
+_log_softmax_bwd_lanes = _register(KernelSpec(
+    name="xpgrad_log_softmax_bwd_lanes",
+    in_params="raw T y, raw T gy, int32 C, int32 shift",
+    out_params="raw T gx",
+    operation=_LANE_PROLOGUE + """
+    const T g = ok ? gy[k] : (T)0;
+    const T s = xpgrad_group_sum(g, L, xpgrad_group_mask(L));
+    if (ok) gx[k] = g - exp(y[k]) * s;
+    """,
+    preamble=_LANE_GROUPS,
+    scalars=("C", "shift"),
+    raw_ndim={"y": 2, "gy": 2, "gx": 2},
+))
+
+# A label outside [0, C) gives a NaN loss rather than reading out of bounds.
+_softmax_xent_fwd_lanes = _register(KernelSpec(
+    name="xpgrad_softmax_xent_fwd_lanes",
+    in_params="raw T x, raw S t, int32 C, int32 shift",
+    out_params="raw T lse, raw T nll",
+    operation=_LANE_PROLOGUE + """
+    const unsigned mask = xpgrad_group_mask(L);
+    const T v = ok ? x[k] : -(T)CUDART_INF;
+    const T m = xpgrad_group_max(v, L, mask);
+    const T s = xpgrad_group_sum(ok ? exp(v - m) : (T)0, L, mask);
+    if (col == 0) {
+        const T l = m + log(s);
+        const S label = t[row];
+        lse[row] = l;
+        nll[row] = (label >= 0 && label < C) ? l - x[row * C + label] : (T)CUDART_NAN;
+    }
+    """,
+    preamble=_LANE_GROUPS,
+    scalars=("C", "shift"),
+    raw_ndim={"x": 2, "t": 1, "lse": 1, "nll": 1},
+))
+
+_softmax_xent_bwd_lanes = _register(KernelSpec(
+    name="xpgrad_softmax_xent_bwd_lanes",
+    in_params="raw T x, raw T lse, raw S t, raw T gloss, int32 C, int32 shift, int64 N",
+    out_params="raw T gx",
+    operation=_LANE_PROLOGUE + """
+    if (ok) {
+        const T hit = t[row] == col ? (T)1 : (T)0;
+        gx[k] = (exp(x[k] - lse[row]) - hit) * (gloss[0] / (T)N);
+    }
+    """,
+    scalars=("C", "shift", "N"),
+    raw_ndim={"x": 2, "lse": 1, "t": 1, "gloss": 0, "gx": 2},
+))
+
 _relu_bwd = _register(KernelSpec(
     name="xpgrad_relu_bwd",
     in_params="T x, T gy",
@@ -226,11 +336,32 @@ def relu_backward(x, gy, out=None):
     return _relu_bwd(x, gy, out)
 
 
+#: Rows of at most this many classes use the lane-group kernels (a row per warp at most).
+LANE_GROUP_MAX_C = 32
+_LANE_BLOCK = 128  # a multiple of the warp size: the lane groups need whole warps
+
+
+def _lane_shift(C: int) -> int:
+    """log2 of the lanes per row: the smallest power of two >= C."""
+    return max(C - 1, 0).bit_length()
+
+
+def _lanes(spec, N: int, shift: int, *args):
+    """Call a lane-group kernel over N rows (nothing to do for N = 0)."""
+    if N:
+        spec(*args, size=N << shift, block_size=_LANE_BLOCK)
+
+
 def log_softmax_forward(x):
     """Row-wise log-softmax of (N, C) logits: ``x - logsumexp(x, axis=1)``, computed stably."""
     _check_float(x)
     N, C = _check_rows(x)
     x = _rows(x)
+    if C <= LANE_GROUP_MAX_C:
+        y = backend.cupy.empty_like(x)
+        shift = _lane_shift(C)
+        _lanes(_log_softmax_fwd_lanes, N, shift, x, C, shift, y)
+        return y
     lse = backend.cupy.empty(N, dtype=x.dtype)
     _logsumexp_rows(x, C, lse)
     return _log_softmax_fwd(x, lse, C)
@@ -243,6 +374,12 @@ def log_softmax_backward(y, gy):
     if gy.shape != y.shape:
         raise ValueError(f"gy has shape {gy.shape}, expected {y.shape}")
     gy = _rows(gy)
+    if C <= LANE_GROUP_MAX_C:
+        y = _rows(y)
+        gx = backend.cupy.empty_like(gy)
+        shift = _lane_shift(C)
+        _lanes(_log_softmax_bwd_lanes, N, shift, y, gy, C, shift, gx)
+        return gx
     s = backend.cupy.empty(N, dtype=gy.dtype)
     _sum_rows(gy, C, s)
     return _log_softmax_bwd(y, gy, s, C)
@@ -269,7 +406,11 @@ def softmax_cross_entropy_forward(x, t):
     x = _rows(x)
     lse = backend.cupy.empty(N, dtype=x.dtype)
     nll = backend.cupy.empty(N, dtype=x.dtype)
-    _softmax_xent_fwd(x, t, C, lse, nll)
+    if C <= LANE_GROUP_MAX_C:
+        shift = _lane_shift(C)
+        _lanes(_softmax_xent_fwd_lanes, N, shift, x, t, C, shift, lse, nll)
+    else:
+        _softmax_xent_fwd(x, t, C, lse, nll)
     return nll.mean(), lse
 
 
@@ -283,6 +424,12 @@ def softmax_cross_entropy_backward(x, t, lse, gloss):
     _check_float(x, lse)
     N, C, t = _labels(x, t)
     gloss = backend.cupy.asarray(gloss).astype(x.dtype, copy=False).reshape(())
+    if C <= LANE_GROUP_MAX_C:
+        x = _rows(x)
+        gx = backend.cupy.empty_like(x)
+        shift = _lane_shift(C)
+        _lanes(_softmax_xent_bwd_lanes, N, shift, x, _rows(lse), t, gloss, C, shift, N, gx)
+        return gx
     return _softmax_xent_bwd(x, _rows(lse), t, gloss, C, N)
 
 
