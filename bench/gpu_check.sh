@@ -60,19 +60,26 @@ run() {
     STEPS+=("$name $status $((SECONDS - t0)) exit=$code")
 }
 
-# bench NAME LIMIT: run bench.NAME, keep its JSON, and copy its tables into tables.md.
+# bench LABEL MODULE LIMIT [ARGS]: run bench.MODULE, keep its JSON as LABEL.json, and copy its tables into tables.md.
 bench() {
-    local name=$1 limit=$2
-    shift 2
-    run "bench.$name" "$limit" env -u OUT "$PYTHON" -m "bench.$name" --require-gpu --json "$WORK/$name.json" "$@"
-    { printf '## bench.%s\n\n' "$name"; grep -E '^(\||machine:|data:|target:|note:|no GPU)' "$WORK/step.out"; echo; } >>"$TABLES"
+    local label=$1 name=$2 limit=$3
+    shift 3
+    run "$label" "$limit" env -u OUT "$PYTHON" -m "bench.$name" --require-gpu --json "$WORK/$label.json" "$@"
+    { printf '## %s: bench.%s %s\n\n' "$label" "$name" "$*"; grep -E '^(\||machine:|data:|target:|note:|no GPU)' "$WORK/step.out"; echo; } >>"$TABLES"
 }
 
 run nvidia-smi 20 nvidia-smi
 run xpgrad-info 60 "$PYTHON" -m xpgrad.cli info --device cuda
 run pytest-gpu 180 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider --durations=10
-bench gpu_kernels 100
-bench gpu_epoch 120 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
+# The candidate kernels through the ops, optimizers and training (test_kernels runs both itself).
+ALT=rows=rows,flat=x4
+run pytest-gpu-alt 120 env XPGRAD_REQUIRE_GPU=1 XPGRAD_KERNEL_IMPL=$ALT "$PYTHON" -m pytest -m gpu -q -rs \
+    -p no:cacheprovider --ignore=tests/test_kernels.py
+bench gpu_kernels gpu_kernels 100
+# The candidate kernels (xpgrad.kernels.IMPL), measured in the same run.
+bench gpu_kernels_alt gpu_kernels 100 --impl $ALT
+bench gpu_epoch gpu_epoch 120 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
+bench gpu_epoch_alt gpu_epoch 120 --impl $ALT $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
 if [ -d "$DATA_DIR" ]; then
     run train-fashion 90 "$PYTHON" -m xpgrad.cli train --dataset fashion-mnist --device cuda \
         --data-dir "$DATA_DIR" --out "$OUT/train-fashion" --quiet

@@ -16,6 +16,15 @@ from .conftest import tolerances
 from xpgrad import backend, kernels
 
 FLOATS = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True, params=["split+one", "rows+x4"])
+def impl(request, monkeypatch):
+    """Every test runs with each implementation choice of the kernels' public functions."""
+    rows, flat = request.param.split("+")
+    monkeypatch.setitem(kernels.IMPL, "rows", rows)
+    monkeypatch.setitem(kernels.IMPL, "flat", flat)
+    return request.param
 # (N, C, scale of the logits, layout of x): layout "c" is C-ordered, "T" a
 # transposed view, "strided" every other column of a wider array.
 ROW_CASES = [
@@ -352,3 +361,17 @@ def test_a_nan_logit_spoils_only_its_own_row(gpu_xp, rng, C):
     _, lse = kernels.softmax_cross_entropy_forward(gpu_xp.asarray(x), gpu_xp.asarray(t))
     lse = gpu_xp.asnumpy(lse)
     assert np.isnan(lse[3]) and np.isfinite(lse[rest]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 4097])
+def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
+    """Sizes that do and do not divide into four (the "x4" kernels split the array in four)."""
+    x, gy, p, g = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
+    gy_gpu = gpu_xp.asarray(gy)
+    got = kernels.relu_backward(gpu_xp.asarray(x), gy_gpu, out=gy_gpu)  # in place, as the model calls it
+    assert got is gy_gpu
+    _assert_close(got, ref_relu_backward(x.astype(np.float64), gy), np.float32)
+    p_gpu = gpu_xp.asarray(p)
+    kernels.sgd_update(p_gpu, gpu_xp.asarray(g), 0.5)
+    _assert_close(p_gpu, ref_sgd(p.astype(np.float64), g, 0.5), np.float32)

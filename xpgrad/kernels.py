@@ -75,116 +75,6 @@ __device__ T xpgrad_logsumexp_row(const A& x, ptrdiff_t base, int C) {
 }
 """
 
-# Lane groups, for rows of C <= 32 (classification heads): each row is held by
-# L = 2**shift >= C consecutive threads of one warp, one value per thread, and
-# its max and sum are taken with warp shuffles. Loads and stores are then
-# coalesced (a thread per row reads with a stride of C values), every kernel
-# is one pass over memory, and row/column come from a shift and a mask, not a
-# 64-bit division. Lanes past C hold neutral values (-inf for the max, 0 for
-# sums). The kernels are called with size = N * L and block_size = 128, so
-# warps are whole and every group of L lanes is active together, which the
-# shuffle masks rely on.
-_LANE_GROUPS = """
-__device__ __forceinline__ unsigned xpgrad_group_mask(int L) {
-    if (L >= 32) return 0xffffffffu;
-    const unsigned first = (threadIdx.x & 31u) & ~(unsigned)(L - 1);
-    return ((1u << L) - 1u) << first;
-}
-
-template <typename T>
-__device__ __forceinline__ T xpgrad_group_max(T v, int L, unsigned mask) {
-    for (int o = L >> 1; o > 0; o >>= 1) {
-        const T w = __shfl_xor_sync(mask, v, o, L);
-        v = (w > v || w != w) ? w : v;  // NaN wins, so every lane ends with the same value
-    }
-    return v;
-}
-
-template <typename T>
-__device__ __forceinline__ T xpgrad_group_sum(T v, int L, unsigned mask) {
-    for (int o = L >> 1; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(mask, v, o, L);  // a butterfly: every lane gets the same sum
-    }
-    return v;
-}
-"""
-
-# The prologue of every lane-group kernel: this thread's row, column and
-# flat index, and whether the column is a real one.
-_LANE_PROLOGUE = """
-    const int L = 1 << shift;
-    const int col = (int)(i & (L - 1));
-    const ptrdiff_t row = (ptrdiff_t)(i >> shift);
-    const ptrdiff_t k = row * C + col;
-    const bool ok = col < C;
-"""
-
-_log_softmax_fwd_lanes = _register(KernelSpec(
-    name="xpgrad_log_softmax_fwd_lanes",
-    in_params="raw T x, int32 C, int32 shift",
-    out_params="raw T y",
-    operation=_LANE_PROLOGUE + """
-    const unsigned mask = xpgrad_group_mask(L);
-    const T v = ok ? x[k] : -(T)CUDART_INF;
-    const T m = xpgrad_group_max(v, L, mask);
-    const T s = xpgrad_group_sum(ok ? exp(v - m) : (T)0, L, mask);
-    if (ok) y[k] = v - m - log(s);
-    """,
-    preamble=_LANE_GROUPS,
-    scalars=("C", "shift"),
-    raw_ndim={"x": 2, "y": 2},
-))
-
-_log_softmax_bwd_lanes = _register(KernelSpec(
-    name="xpgrad_log_softmax_bwd_lanes",
-    in_params="raw T y, raw T gy, int32 C, int32 shift",
-    out_params="raw T gx",
-    operation=_LANE_PROLOGUE + """
-    const T g = ok ? gy[k] : (T)0;
-    const T s = xpgrad_group_sum(g, L, xpgrad_group_mask(L));
-    if (ok) gx[k] = g - exp(y[k]) * s;
-    """,
-    preamble=_LANE_GROUPS,
-    scalars=("C", "shift"),
-    raw_ndim={"y": 2, "gy": 2, "gx": 2},
-))
-
-# A label outside [0, C) gives a NaN loss rather than reading out of bounds.
-_softmax_xent_fwd_lanes = _register(KernelSpec(
-    name="xpgrad_softmax_xent_fwd_lanes",
-    in_params="raw T x, raw S t, int32 C, int32 shift",
-    out_params="raw T lse, raw T nll",
-    operation=_LANE_PROLOGUE + """
-    const unsigned mask = xpgrad_group_mask(L);
-    const T v = ok ? x[k] : -(T)CUDART_INF;
-    const T m = xpgrad_group_max(v, L, mask);
-    const T s = xpgrad_group_sum(ok ? exp(v - m) : (T)0, L, mask);
-    if (col == 0) {
-        const T l = m + log(s);
-        const S label = t[row];
-        lse[row] = l;
-        nll[row] = (label >= 0 && label < C) ? l - x[row * C + label] : (T)CUDART_NAN;
-    }
-    """,
-    preamble=_LANE_GROUPS,
-    scalars=("C", "shift"),
-    raw_ndim={"x": 2, "t": 1, "lse": 1, "nll": 1},
-))
-
-_softmax_xent_bwd_lanes = _register(KernelSpec(
-    name="xpgrad_softmax_xent_bwd_lanes",
-    in_params="raw T x, raw T lse, raw S t, raw T gloss, int32 C, int32 shift, int64 N",
-    out_params="raw T gx",
-    operation=_LANE_PROLOGUE + """
-    if (ok) {
-        const T hit = t[row] == col ? (T)1 : (T)0;
-        gx[k] = (exp(x[k] - lse[row]) - hit) * (gloss[0] / (T)N);
-    }
-    """,
-    scalars=("C", "shift", "N"),
-    raw_ndim={"x": 2, "lse": 1, "t": 1, "gloss": 0, "gx": 2},
-))
-
 _relu_bwd = _register(KernelSpec(
     name="xpgrad_relu_bwd",
     in_params="T x, T gy",
@@ -265,6 +155,102 @@ _softmax_xent_bwd = _register(KernelSpec(
     raw_ndim={"lse": 1, "t": 1, "gloss": 0},
 ))
 
+# Candidates measured against the kernels above (bench.gpu_variants), selected
+# by IMPL below. "rows": one pass per row, a thread reading and writing its
+# whole row (the split forms run a 1-thread-per-row reduction and then a
+# 1-thread-per-element kernel, reading the input twice). "x4": four elements
+# per thread, at i, i + n4, i + 2 n4, i + 3 n4 (each load coalesced), a
+# quarter of the threads: CuPy's per-thread loop and indexing cost, not
+# memory, seems to cap the one-element-per-thread kernels near 60% of copy.
+
+_log_softmax_fwd_rows = _register(KernelSpec(
+    name="xpgrad_log_softmax_fwd_rows",
+    in_params="raw T x, int32 C",
+    out_params="raw T y",
+    operation="""
+    const ptrdiff_t base = i * C;
+    const T lse = xpgrad_logsumexp_row<T>(x, base, C);
+    for (int j = 0; j < C; ++j) {
+        y[base + j] = x[base + j] - lse;
+    }
+    """,
+    preamble=_LOGSUMEXP_ROW,
+    scalars=("C",),
+    raw_ndim={"x": 2, "y": 2},
+))
+
+_log_softmax_bwd_rows = _register(KernelSpec(
+    name="xpgrad_log_softmax_bwd_rows",
+    in_params="raw T y, raw T gy, int32 C",
+    out_params="raw T gx",
+    operation="""
+    const ptrdiff_t base = i * C;
+    T s = 0;
+    for (int j = 0; j < C; ++j) {
+        s += gy[base + j];
+    }
+    for (int j = 0; j < C; ++j) {
+        gx[base + j] = gy[base + j] - exp(y[base + j]) * s;
+    }
+    """,
+    scalars=("C",),
+    raw_ndim={"y": 2, "gy": 2, "gx": 2},
+))
+
+_softmax_xent_bwd_rows = _register(KernelSpec(
+    name="xpgrad_softmax_xent_bwd_rows",
+    in_params="raw T x, raw T lse, raw S t, raw T gloss, int32 C, int64 N",
+    out_params="raw T gx",
+    operation="""
+    const ptrdiff_t base = i * C;
+    const T l = lse[i];
+    const S label = t[i];
+    const T g = gloss[0] / (T)N;
+    for (int j = 0; j < C; ++j) {
+        gx[base + j] = (exp(x[base + j] - l) - (label == j ? (T)1 : (T)0)) * g;
+    }
+    """,
+    scalars=("C", "N"),
+    raw_ndim={"x": 2, "lse": 1, "t": 1, "gloss": 0, "gx": 2},
+))
+
+_relu_bwd_x4 = _register(KernelSpec(
+    name="xpgrad_relu_bwd_x4",
+    in_params="raw T x, raw T gy, int64 n",
+    out_params="raw T gx",
+    operation="""
+    const ptrdiff_t n4 = (n + 3) / 4;
+    #pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const ptrdiff_t k = i + r * n4;
+        if (k < n) {
+            const T v = x[k];
+            gx[k] = v > (T)0 ? gy[k] : (T)0;
+        }
+    }
+    """,
+    scalars=("n",),
+    raw_ndim={"x": 1, "gy": 1, "gx": 1},
+))
+
+_sgd_update_x4 = _register(KernelSpec(
+    name="xpgrad_sgd_update_x4",
+    in_params="raw T g, T lr, int64 n",
+    out_params="raw T p",
+    operation="""
+    const ptrdiff_t n4 = (n + 3) / 4;
+    #pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const ptrdiff_t k = i + r * n4;
+        if (k < n) {
+            p[k] -= lr * g[k];
+        }
+    }
+    """,
+    scalars=("lr", "n"),
+    raw_ndim={"g": 1, "p": 1},
+))
+
 _sgd_update = _register(KernelSpec(
     name="xpgrad_sgd_update",
     in_params="T g, T lr",
@@ -300,6 +286,11 @@ _adam_update = _register(KernelSpec(
 # ---------------------------------------------------------------------------
 # Public functions
 
+#: Which implementation the public functions use: ``rows`` is "split" or
+#: "rows" (log-softmax forward/backward, cross-entropy backward), ``flat`` is
+#: "one" or "x4" (ReLU backward and SGD, on contiguous arrays).
+IMPL = {"rows": "split", "flat": "one"}
+
 
 def _check_float(*arrays) -> None:
     for a in arrays:
@@ -330,26 +321,16 @@ def relu_backward(x, gy, out=None):
     ``out`` receives the result when given; it may be ``gy`` itself (each
     element is read before it is written, by the same thread)."""
     _check_float(x, gy)
+    if out is not None:
+        _check_float(out)
+    if IMPL["flat"] == "x4" and x.shape == gy.shape and x.flags.c_contiguous and gy.flags.c_contiguous:
+        gx = backend.cupy.empty_like(x) if out is None else out
+        if gx.shape == x.shape and gx.flags.c_contiguous and x.size:
+            _relu_bwd_x4(x.reshape(-1), gy.reshape(-1), x.size, gx.reshape(-1), size=-(-x.size // 4))
+            return gx
     if out is None:
         return _relu_bwd(x, gy)
-    _check_float(out)
     return _relu_bwd(x, gy, out)
-
-
-#: Rows of at most this many classes use the lane-group kernels (a row per warp at most).
-LANE_GROUP_MAX_C = 32
-_LANE_BLOCK = 128  # a multiple of the warp size: the lane groups need whole warps
-
-
-def _lane_shift(C: int) -> int:
-    """log2 of the lanes per row: the smallest power of two >= C."""
-    return max(C - 1, 0).bit_length()
-
-
-def _lanes(spec, N: int, shift: int, *args):
-    """Call a lane-group kernel over N rows (nothing to do for N = 0)."""
-    if N:
-        spec(*args, size=N << shift, block_size=_LANE_BLOCK)
 
 
 def log_softmax_forward(x):
@@ -357,10 +338,10 @@ def log_softmax_forward(x):
     _check_float(x)
     N, C = _check_rows(x)
     x = _rows(x)
-    if C <= LANE_GROUP_MAX_C:
+    if IMPL["rows"] == "rows":
         y = backend.cupy.empty_like(x)
-        shift = _lane_shift(C)
-        _lanes(_log_softmax_fwd_lanes, N, shift, x, C, shift, y)
+        if N:
+            _log_softmax_fwd_rows(x, C, y, size=N)
         return y
     lse = backend.cupy.empty(N, dtype=x.dtype)
     _logsumexp_rows(x, C, lse)
@@ -374,11 +355,11 @@ def log_softmax_backward(y, gy):
     if gy.shape != y.shape:
         raise ValueError(f"gy has shape {gy.shape}, expected {y.shape}")
     gy = _rows(gy)
-    if C <= LANE_GROUP_MAX_C:
+    if IMPL["rows"] == "rows":
         y = _rows(y)
         gx = backend.cupy.empty_like(gy)
-        shift = _lane_shift(C)
-        _lanes(_log_softmax_bwd_lanes, N, shift, y, gy, C, shift, gx)
+        if N:
+            _log_softmax_bwd_rows(y, gy, C, gx, size=N)
         return gx
     s = backend.cupy.empty(N, dtype=gy.dtype)
     _sum_rows(gy, C, s)
@@ -406,11 +387,7 @@ def softmax_cross_entropy_forward(x, t):
     x = _rows(x)
     lse = backend.cupy.empty(N, dtype=x.dtype)
     nll = backend.cupy.empty(N, dtype=x.dtype)
-    if C <= LANE_GROUP_MAX_C:
-        shift = _lane_shift(C)
-        _lanes(_softmax_xent_fwd_lanes, N, shift, x, t, C, shift, lse, nll)
-    else:
-        _softmax_xent_fwd(x, t, C, lse, nll)
+    _softmax_xent_fwd(x, t, C, lse, nll)
     return nll.mean(), lse
 
 
@@ -424,11 +401,11 @@ def softmax_cross_entropy_backward(x, t, lse, gloss):
     _check_float(x, lse)
     N, C, t = _labels(x, t)
     gloss = backend.cupy.asarray(gloss).astype(x.dtype, copy=False).reshape(())
-    if C <= LANE_GROUP_MAX_C:
+    if IMPL["rows"] == "rows":
         x = _rows(x)
         gx = backend.cupy.empty_like(x)
-        shift = _lane_shift(C)
-        _lanes(_softmax_xent_bwd_lanes, N, shift, x, _rows(lse), t, gloss, C, shift, N, gx)
+        if N:
+            _softmax_xent_bwd_rows(x, _rows(lse), t, gloss, C, N, gx, size=N)
         return gx
     return _softmax_xent_bwd(x, _rows(lse), t, gloss, C, N)
 
@@ -437,6 +414,9 @@ def sgd_update(param, grad, lr):
     """In place: ``param -= lr * grad`` (same shapes)."""
     _check_float(param, grad)
     _check_same_shape(param, grad)
+    if IMPL["flat"] == "x4" and param.flags.c_contiguous and grad.flags.c_contiguous and param.size:
+        _sgd_update_x4(grad.reshape(-1), lr, param.size, param.reshape(-1), size=-(-param.size // 4))
+        return
     _sgd_update(grad, lr, param)
 
 
