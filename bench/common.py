@@ -248,24 +248,6 @@ def gpu_parser(description: str, repeats: int) -> argparse.ArgumentParser:
     return p
 
 
-def add_impl_option(p: argparse.ArgumentParser) -> None:
-    """``--impl KEY=CHOICE,...``: which of xpgrad's kernel implementations to use (``xpgrad.kernels.IMPL``)."""
-    p.add_argument("--impl", default="", metavar="KEY=CHOICE,...",
-                   help="kernel implementations to use, e.g. rows=rows,flat=x4 (see xpgrad.kernels.IMPL)")
-
-
-def apply_impl_option(p: argparse.ArgumentParser, args) -> dict:
-    """Set ``xpgrad.kernels.IMPL`` from ``--impl``; returns the choices in force."""
-    from xpgrad import kernels
-
-    for item in filter(None, args.impl.split(",")):
-        key, _, choice = item.partition("=")
-        if key not in kernels.IMPL:
-            p.error(f"--impl: unknown key {key!r}; keys are {', '.join(kernels.IMPL)}")
-        kernels.IMPL[key] = choice
-    return dict(kernels.IMPL)
-
-
 def exit_code_without_gpu(args) -> int | None:
     """Print "no GPU: <reason>" and return the exit code when no GPU is usable; None when one is."""
     reason = no_gpu_reason()

@@ -71,15 +71,8 @@ bench() {
 run nvidia-smi 20 nvidia-smi
 run xpgrad-info 60 "$PYTHON" -m xpgrad.cli info --device cuda
 run pytest-gpu 180 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider --durations=10
-# The candidate kernels through the ops, optimizers and training (test_kernels runs both itself).
-ALT=rows=rows,flat=x4
-run pytest-gpu-alt 120 env XPGRAD_REQUIRE_GPU=1 XPGRAD_KERNEL_IMPL=$ALT "$PYTHON" -m pytest -m gpu -q -rs \
-    -p no:cacheprovider --ignore=tests/test_kernels.py
 bench gpu_kernels gpu_kernels 100
-# The candidate kernels (xpgrad.kernels.IMPL), measured in the same run.
-bench gpu_kernels_alt gpu_kernels 100 --impl $ALT
 bench gpu_epoch gpu_epoch 120 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
-bench gpu_epoch_alt gpu_epoch 120 --impl $ALT $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
 if [ -d "$DATA_DIR" ]; then
     run train-fashion 90 "$PYTHON" -m xpgrad.cli train --dataset fashion-mnist --device cuda \
         --data-dir "$DATA_DIR" --out "$OUT/train-fashion" --quiet

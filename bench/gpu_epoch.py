@@ -161,9 +161,7 @@ def time_epochs(trainers, torch_epoch, repeats):
 def main(argv=None) -> int:
     p = common.gpu_parser(__doc__.splitlines()[0], repeats=5)
     p.add_argument("--data-dir", default=None, help="a Fashion-MNIST folder (default: random data of MNIST shape)")
-    common.add_impl_option(p)
     args = p.parse_args(argv)
-    impl = common.apply_impl_option(p, args)
     code = common.exit_code_without_gpu(args)
     if code is not None:
         return code
@@ -179,7 +177,6 @@ def main(argv=None) -> int:
     notes = [] if torch else ["PyTorch with CUDA is not available: PyTorch rows left out"]
     facts = common.machine_facts(gpu=True)
     print(f"machine: {common.machine_line(facts)}\n")
-    print(f"note: kernel implementations {impl}\n")
 
     dataset = get_dataset("fashion-mnist", args.data_dir) if args.data_dir else get_dataset("random")
     trainers = {"fused": make_trainer(dataset), "generic": make_trainer(dataset)}
@@ -254,7 +251,7 @@ def main(argv=None) -> int:
                   f"-> {common.verdict(v <= TARGET_GRAPH_VS_TORCH)}")
 
     paths = common.write_results("gpu_epoch", {
-        "machine": facts, "setup": {"data": dataset.name, "batch": BATCH, "lr": LR, "repeats": args.repeats, "impl": impl},
+        "machine": facts, "setup": {"data": dataset.name, "batch": BATCH, "lr": LR, "repeats": args.repeats},
         "first_epoch": first, "epochs": epochs, "epoch_runs": runs, "steps": step_times,
         "launches": launches, "graph": graph_info, "notes": notes, "targets": targets,
     }, args.json, where=facts["gpu"]["name"])

@@ -178,9 +178,7 @@ def shapes():
 def main(argv=None) -> int:
     p = common.gpu_parser(__doc__.splitlines()[0], repeats=15)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    common.add_impl_option(p)
     args = p.parse_args(argv)
-    impl = common.apply_impl_option(p, args)
     code = common.exit_code_without_gpu(args)
     if code is not None:
         return code
@@ -195,7 +193,6 @@ def main(argv=None) -> int:
         torch = None
     facts = common.machine_facts(gpu=True)
     print(f"machine: {common.machine_line(facts)}\n")
-    print(f"note: kernel implementations {impl}\n")
     dtype = numpy.dtype(args.dtype)
 
     copies, results, rows, targets = {}, [], [], {}
@@ -239,8 +236,7 @@ def main(argv=None) -> int:
     print(f"target: fused kernels >= {TARGET_SHARE:.0%} of copy bandwidth at >= 1e6 rows: "
           f"{len(targets) - len(missed)}/{len(targets)} met" + (f"; missed: {', '.join(missed)}" if missed else ""))
     paths = common.write_results("gpu_kernels", {
-        "machine": facts, "setup": {"dtype": dtype.name, "repeats": args.repeats, "classes": C,
-                                    "impl": impl},
+        "machine": facts, "setup": {"dtype": dtype.name, "repeats": args.repeats, "classes": C},
         "copies": list(copies.values()), "results": results, "targets": targets,
     }, args.json, where=facts["gpu"]["name"])
     print(f"\nwrote {', '.join(paths)}")

@@ -17,16 +17,7 @@ def pytest_configure(config):
     """``XPGRAD_REQUIRE_GPU=1`` (set by bench/gpu_check.sh) turns "no GPU" from a skip into an error.
 
     On the lent GPU machine a run where every GPU case skipped would otherwise read as a pass.
-    ``XPGRAD_KERNEL_IMPL=key=choice,...`` runs the tests with other kernel
-    implementations (``xpgrad.kernels.IMPL``), as gpu_check.sh does for the candidates.
     """
-    from xpgrad import kernels
-
-    for item in filter(None, os.environ.get("XPGRAD_KERNEL_IMPL", "").split(",")):
-        key, _, choice = item.partition("=")
-        if key not in kernels.IMPL:
-            raise pytest.UsageError(f"XPGRAD_KERNEL_IMPL: unknown key {key!r}; keys are {', '.join(kernels.IMPL)}")
-        kernels.IMPL[key] = choice
     if os.environ.get("XPGRAD_REQUIRE_GPU") == "1":
         ok, reason = backend.gpu_status()
         if not ok:

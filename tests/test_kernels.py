@@ -18,13 +18,6 @@ from xpgrad import backend, kernels
 FLOATS = [np.float32, np.float64]
 
 
-@pytest.fixture(autouse=True, params=["split+one", "rows+x4"])
-def impl(request, monkeypatch):
-    """Every test runs with each implementation choice of the kernels' public functions."""
-    rows, flat = request.param.split("+")
-    monkeypatch.setitem(kernels.IMPL, "rows", rows)
-    monkeypatch.setitem(kernels.IMPL, "flat", flat)
-    return request.param
 # (N, C, scale of the logits, layout of x): layout "c" is C-ordered, "T" a
 # transposed view, "strided" every other column of a wider array.
 ROW_CASES = [
@@ -366,7 +359,7 @@ def test_a_nan_logit_spoils_only_its_own_row(gpu_xp, rng, C):
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 4097])
 def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
-    """Sizes that do and do not divide into four (the "x4" kernels split the array in four)."""
+    """Sizes that do and do not divide into four (the SGD kernel splits a contiguous array in four)."""
     x, gy, p, g = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
     gy_gpu = gpu_xp.asarray(gy)
     got = kernels.relu_backward(gpu_xp.asarray(x), gy_gpu, out=gy_gpu)  # in place, as the model calls it

@@ -155,84 +155,13 @@ _softmax_xent_bwd = _register(KernelSpec(
     raw_ndim={"lse": 1, "t": 1, "gloss": 0},
 ))
 
-# Candidates measured against the kernels above (bench.gpu_variants), selected
-# by IMPL below. "rows": one pass per row, a thread reading and writing its
-# whole row (the split forms run a 1-thread-per-row reduction and then a
-# 1-thread-per-element kernel, reading the input twice). "x4": four elements
-# per thread, at i, i + n4, i + 2 n4, i + 3 n4 (each load coalesced), a
-# quarter of the threads: CuPy's per-thread loop and indexing cost, not
-# memory, seems to cap the one-element-per-thread kernels near 60% of copy.
-
-_log_softmax_fwd_rows = _register(KernelSpec(
-    name="xpgrad_log_softmax_fwd_rows",
-    in_params="raw T x, int32 C",
-    out_params="raw T y",
-    operation="""
-    const ptrdiff_t base = i * C;
-    const T lse = xpgrad_logsumexp_row<T>(x, base, C);
-    for (int j = 0; j < C; ++j) {
-        y[base + j] = x[base + j] - lse;
-    }
-    """,
-    preamble=_LOGSUMEXP_ROW,
-    scalars=("C",),
-    raw_ndim={"x": 2, "y": 2},
-))
-
-_log_softmax_bwd_rows = _register(KernelSpec(
-    name="xpgrad_log_softmax_bwd_rows",
-    in_params="raw T y, raw T gy, int32 C",
-    out_params="raw T gx",
-    operation="""
-    const ptrdiff_t base = i * C;
-    T s = 0;
-    for (int j = 0; j < C; ++j) {
-        s += gy[base + j];
-    }
-    for (int j = 0; j < C; ++j) {
-        gx[base + j] = gy[base + j] - exp(y[base + j]) * s;
-    }
-    """,
-    scalars=("C",),
-    raw_ndim={"y": 2, "gy": 2, "gx": 2},
-))
-
-_softmax_xent_bwd_rows = _register(KernelSpec(
-    name="xpgrad_softmax_xent_bwd_rows",
-    in_params="raw T x, raw T lse, raw S t, raw T gloss, int32 C, int64 N",
-    out_params="raw T gx",
-    operation="""
-    const ptrdiff_t base = i * C;
-    const T l = lse[i];
-    const S label = t[i];
-    const T g = gloss[0] / (T)N;
-    for (int j = 0; j < C; ++j) {
-        gx[base + j] = (exp(x[base + j] - l) - (label == j ? (T)1 : (T)0)) * g;
-    }
-    """,
-    scalars=("C", "N"),
-    raw_ndim={"x": 2, "lse": 1, "t": 1, "gloss": 0, "gx": 2},
-))
-
-_relu_bwd_x4 = _register(KernelSpec(
-    name="xpgrad_relu_bwd_x4",
-    in_params="raw T x, raw T gy, int64 n",
-    out_params="raw T gx",
-    operation="""
-    const ptrdiff_t n4 = (n + 3) / 4;
-    #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        const ptrdiff_t k = i + r * n4;
-        if (k < n) {
-            const T v = x[k];
-            gx[k] = v > (T)0 ? gy[k] : (T)0;
-        }
-    }
-    """,
-    scalars=("n",),
-    raw_ndim={"x": 1, "gy": 1, "gx": 1},
-))
-
+# SGD, four elements per thread, at i, i + n4, i + 2 n4 and i + 3 n4 (each
+# load still coalesced), on a quarter of the threads. On an H200 this ran at
+# 87-90% of the device-to-device copy bandwidth against 60-64% for the
+# one-element-per-thread kernel below, which CuPy's per-thread loop and index
+# arithmetic seem to cap. The same change made ReLU backward slower (its
+# second load depends on the first), and a thread per whole row made the
+# log-softmax kernels slower: bench/README.md has the numbers.
 _sgd_update_x4 = _register(KernelSpec(
     name="xpgrad_sgd_update_x4",
     in_params="raw T g, T lr, int64 n",
@@ -286,10 +215,6 @@ _adam_update = _register(KernelSpec(
 # ---------------------------------------------------------------------------
 # Public functions
 
-#: Which implementation the public functions use: ``rows`` is "split" or
-#: "rows" (log-softmax forward/backward, cross-entropy backward), ``flat`` is
-#: "one" or "x4" (ReLU backward and SGD, on contiguous arrays).
-IMPL = {"rows": "split", "flat": "one"}
 
 
 def _check_float(*arrays) -> None:
@@ -321,15 +246,9 @@ def relu_backward(x, gy, out=None):
     ``out`` receives the result when given; it may be ``gy`` itself (each
     element is read before it is written, by the same thread)."""
     _check_float(x, gy)
-    if out is not None:
-        _check_float(out)
-    if IMPL["flat"] == "x4" and x.shape == gy.shape and x.flags.c_contiguous and gy.flags.c_contiguous:
-        gx = backend.cupy.empty_like(x) if out is None else out
-        if gx.shape == x.shape and gx.flags.c_contiguous and x.size:
-            _relu_bwd_x4(x.reshape(-1), gy.reshape(-1), x.size, gx.reshape(-1), size=-(-x.size // 4))
-            return gx
     if out is None:
         return _relu_bwd(x, gy)
+    _check_float(out)
     return _relu_bwd(x, gy, out)
 
 
@@ -338,11 +257,6 @@ def log_softmax_forward(x):
     _check_float(x)
     N, C = _check_rows(x)
     x = _rows(x)
-    if IMPL["rows"] == "rows":
-        y = backend.cupy.empty_like(x)
-        if N:
-            _log_softmax_fwd_rows(x, C, y, size=N)
-        return y
     lse = backend.cupy.empty(N, dtype=x.dtype)
     _logsumexp_rows(x, C, lse)
     return _log_softmax_fwd(x, lse, C)
@@ -355,12 +269,6 @@ def log_softmax_backward(y, gy):
     if gy.shape != y.shape:
         raise ValueError(f"gy has shape {gy.shape}, expected {y.shape}")
     gy = _rows(gy)
-    if IMPL["rows"] == "rows":
-        y = _rows(y)
-        gx = backend.cupy.empty_like(gy)
-        if N:
-            _log_softmax_bwd_rows(y, gy, C, gx, size=N)
-        return gx
     s = backend.cupy.empty(N, dtype=gy.dtype)
     _sum_rows(gy, C, s)
     return _log_softmax_bwd(y, gy, s, C)
@@ -401,12 +309,6 @@ def softmax_cross_entropy_backward(x, t, lse, gloss):
     _check_float(x, lse)
     N, C, t = _labels(x, t)
     gloss = backend.cupy.asarray(gloss).astype(x.dtype, copy=False).reshape(())
-    if IMPL["rows"] == "rows":
-        x = _rows(x)
-        gx = backend.cupy.empty_like(x)
-        if N:
-            _softmax_xent_bwd_rows(x, _rows(lse), t, gloss, C, N, gx, size=N)
-        return gx
     return _softmax_xent_bwd(x, _rows(lse), t, gloss, C, N)
 
 
@@ -414,7 +316,7 @@ def sgd_update(param, grad, lr):
     """In place: ``param -= lr * grad`` (same shapes)."""
     _check_float(param, grad)
     _check_same_shape(param, grad)
-    if IMPL["flat"] == "x4" and param.flags.c_contiguous and grad.flags.c_contiguous and param.size:
+    if param.flags.c_contiguous and grad.flags.c_contiguous and param.size:
         _sgd_update_x4(grad.reshape(-1), lr, param.size, param.reshape(-1), size=-(-param.size // 4))
         return
     _sgd_update(grad, lr, param)
