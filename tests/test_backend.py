@@ -167,3 +167,22 @@ def test_capture_graph_reports_the_error_of_the_recorded_function(gpu_xp):
     assert backend._capture_handle is None
     with stream:  # the stream is usable afterwards
         assert float(cp.ones(3).sum()) == 3.0
+
+
+def test_get_array_module_picks_the_device_and_refuses_mixtures(monkeypatch):
+    """The same logic as on a GPU, with a stand-in for cupy.ndarray (no device needed)."""
+
+    class FakeDeviceArray:
+        device = types.SimpleNamespace(id=1)
+
+    fake = types.SimpleNamespace(ndarray=FakeDeviceArray)
+    monkeypatch.setattr(backend, "cupy", fake)
+    d, h = FakeDeviceArray(), np.zeros(2)
+    assert backend.get_array_module(d) is fake
+    assert backend.get_array_module(d, 2.0, None, d) is fake
+    assert backend.get_array_module(h, 3) is np
+    assert backend.get_array_module(1.0, None) is np
+    with pytest.raises(DeviceError, match=r"different devices \(cuda:1 and cpu\)"):
+        backend.get_array_module(d, h)
+    with pytest.raises(DeviceError, match=r"different devices \(cpu and cuda:1\)"):
+        backend.get_array_module(h, np.float32(1), d)

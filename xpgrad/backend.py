@@ -104,24 +104,28 @@ def get_array_module(*arrays):
     device arrays raises :class:`DeviceError` naming both devices, instead of
     silently copying.
     """
-    found = None
+    # Every op calls this several times per training step, so it is one plain
+    # loop with no helper calls (a few hundred ns for 2-3 arrays).
+    cupy_array = None if cupy is None else cupy.ndarray
+    first = host = device = None
     for a in arrays:
-        if is_cupy_array(a):
-            kind = "cuda"
+        if cupy_array is not None and isinstance(a, cupy_array):
+            device = a
         elif isinstance(a, (numpy.ndarray, numpy.generic)):
-            kind = "cpu"
+            host = a
         else:
             continue
-        if found is None:
-            found = (kind, a)
-        elif found[0] != kind:
-            raise DeviceError(
-                f"arrays live on different devices ({_describe(found[1])} and {_describe(a)}); "
-                "move them to one device first with xpgrad.backend.to_device"
-            )
-    if found is not None and found[0] == "cuda":
-        return cupy
-    return numpy
+        if first is None:
+            first = a
+    if device is None:
+        return numpy
+    if host is not None:
+        other = host if first is device else device
+        raise DeviceError(
+            f"arrays live on different devices ({_describe(first)} and {_describe(other)}); "
+            "move them to one device first with xpgrad.backend.to_device"
+        )
+    return cupy
 
 
 # ---------------------------------------------------------------------------
