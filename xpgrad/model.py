@@ -127,7 +127,7 @@ class MLP:
         leave the model use it; the logits are always a new array.
         """
         buf = self._workspace.get(name)
-        if buf is None or buf.shape[0] < rows or buf.dtype != self.dtype:
+        if buf is None or buf.shape[0] < rows:
             with self.device:
                 buf = self._workspace[name] = self.xp.empty((rows, width), dtype=self.dtype)
         return buf[:rows]
