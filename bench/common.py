@@ -311,14 +311,7 @@ def cuda_time(fn, repeats: int, *, lib: str = "cupy", warmup: int = 3, target_se
 @contextlib.contextmanager
 def xpgrad_fused(enabled: bool):
     """Run xpgrad's GPU ops with the fused kernels (True) or the generic ``xp`` code (False)."""
-    from xpgrad.backend import FUSED_ENV
+    from xpgrad import backend
 
-    old = os.environ.get(FUSED_ENV)
-    os.environ[FUSED_ENV] = "1" if enabled else "0"
-    try:
+    with backend.use_fused(enabled):
         yield
-    finally:
-        if old is None:
-            os.environ.pop(FUSED_ENV, None)
-        else:
-            os.environ[FUSED_ENV] = old

@@ -32,7 +32,7 @@ import numpy
 
 from bench import common
 from bench.cpu_epoch import BATCH, LR, TorchEpoch, get_dataset
-from xpgrad.train import Config, Trainer
+from xpgrad.training import Config, Trainer
 
 TARGET_EPOCH_VS_TORCH = 1.0  # fused epoch <= PyTorch CUDA eager
 TARGET_GRAPH_VS_TORCH = 0.5  # CUDA-graph step <= 0.5x PyTorch eager step

@@ -29,7 +29,7 @@ MB = 1e6
 _RANDOM_RUN = """
 import numpy
 from xpgrad.data import Dataset
-from xpgrad.train import Config, Trainer, run
+from xpgrad.training import Config, Trainer, run
 rng = numpy.random.default_rng(0)
 data = Dataset("random", rng.integers(0, 256, (60000, 28, 28), dtype=numpy.uint8),
                rng.integers(0, 10, 60000, dtype=numpy.uint8),
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                 print(f"training run failed (exit {r['returncode']}): {' '.join(cmd)}")
                 return 1
             runs.append(r)
-        baselines.append(peak_rss([sys.executable, "-c", "import xpgrad.train, xpgrad.cli"]))
+        baselines.append(peak_rss([sys.executable, "-c", "import xpgrad.training, xpgrad.cli"]))
 
     peak = common.summarize([r["peak_rss_bytes"] / MB for r in runs])
     base = common.summarize([r["peak_rss_bytes"] / MB for r in baselines])
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         ["process", "peak RSS, MB, median (min–max)", "wall time, median"],
         [[what, f"{peak['median']:.0f} ({peak['min']:.0f}–{peak['max']:.0f})",
           common.fmt_time(common.summarize([r["seconds"] for r in runs])["median"])],
-         ["python -c 'import xpgrad.train, xpgrad.cli'", f"{base['median']:.0f} ({base['min']:.0f}–{base['max']:.0f})",
+         ["python -c 'import xpgrad.training, xpgrad.cli'", f"{base['median']:.0f} ({base['min']:.0f}–{base['max']:.0f})",
           common.fmt_time(common.summarize([r["seconds"] for r in baselines])["median"])]]))
     met = peak["median"] <= TARGET_MB
     print(f"target: peak RSS <= {TARGET_MB:.0f} MB: {peak['median']:.0f} MB -> {common.verdict(met)}")

@@ -152,7 +152,7 @@ def test_capture_graph_records_matmul_and_replays_it_on_current_data(gpu_xp, rng
         stream.synchronize()
         want = np.maximum(backend.to_numpy(a) @ backend.to_numpy(w), 0)
         np.testing.assert_allclose(backend.to_numpy(h), want, rtol=1e-4, atol=1e-4)
-    assert backend._capture_handle is None
+    assert backend.graph._capture_handle is None
 
 
 def test_capture_graph_reports_the_error_of_the_recorded_function(gpu_xp):
@@ -164,7 +164,7 @@ def test_capture_graph_reports_the_error_of_the_recorded_function(gpu_xp):
 
     with pytest.raises(RuntimeError, match="boom"):
         backend.capture_graph(broken, stream)
-    assert backend._capture_handle is None
+    assert backend.graph._capture_handle is None
     with stream:  # the stream is usable afterwards
         assert float(cp.ones(3).sum()) == 3.0
 

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import tolerances
 from xpgrad import backend, kernels
+
+from .helpers import move, tolerances
 
 FLOATS = [np.float32, np.float64]
 
@@ -88,19 +89,6 @@ def ref_adam(p, g, m, v, lr, beta1, beta2, eps, step):
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-def _on_gpu(xp, a, layout="c"):
-    """Move host array ``a`` to the GPU, as a C-ordered array or a view with the same values."""
-    if layout == "c":
-        return xp.asarray(a)
-    if layout == "T":
-        return xp.asarray(np.ascontiguousarray(a.T)).T
-    if layout == "strided":
-        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
-        wide[..., ::2] = a
-        return xp.asarray(wide)[..., ::2]
-    raise ValueError(layout)
 
 
 def _assert_close(got, want, dtype, scale=1.0):
@@ -231,7 +219,8 @@ def test_relu_backward(gpu_xp, rng, dtype, layout):
     x = rng.standard_normal((9, 6)).astype(dtype)
     x[0, :3] = 0  # the subgradient at 0 is 0
     gy = rng.standard_normal((9, 6)).astype(dtype)
-    got = kernels.relu_backward(_on_gpu(gpu_xp, x, layout), _on_gpu(gpu_xp, gy))
+    (x_gpu,), (gy_gpu,) = move(gpu_xp, x, layout=layout), move(gpu_xp, gy)
+    got = kernels.relu_backward(x_gpu, gy_gpu)
     assert got.shape == x.shape
     _assert_close(got, ref_relu_backward(x.astype(np.float64), gy), dtype)
 
@@ -241,7 +230,7 @@ def test_relu_backward(gpu_xp, rng, dtype, layout):
 @pytest.mark.parametrize("N, C, scale, layout", ROW_CASES)
 def test_log_softmax_forward(gpu_xp, rng, dtype, N, C, scale, layout):
     x = _logits(rng, N, C, scale, dtype)
-    got = kernels.log_softmax_forward(_on_gpu(gpu_xp, x, layout))
+    got = kernels.log_softmax_forward(*move(gpu_xp, x, layout=layout))
     _assert_close(got, ref_log_softmax(x.astype(np.float64)), dtype, scale)
 
 
@@ -251,7 +240,7 @@ def test_log_softmax_forward(gpu_xp, rng, dtype, N, C, scale, layout):
 def test_log_softmax_backward(gpu_xp, rng, dtype, N, C, scale, layout):
     y = ref_log_softmax(_logits(rng, N, C, scale, np.float64)).astype(dtype)
     gy = rng.standard_normal((N, C)).astype(dtype)
-    got = kernels.log_softmax_backward(_on_gpu(gpu_xp, y, layout), _on_gpu(gpu_xp, gy, layout))
+    got = kernels.log_softmax_backward(*move(gpu_xp, y, gy, layout=layout))
     _assert_close(got, ref_log_softmax_backward(y.astype(np.float64), gy), dtype)
 
 
@@ -262,8 +251,8 @@ def test_log_softmax_backward(gpu_xp, rng, dtype, N, C, scale, layout):
 def test_softmax_cross_entropy(gpu_xp, rng, dtype, label_dtype, N, C, scale, layout):
     x = _logits(rng, N, C, scale, dtype)
     t = rng.integers(0, C, size=N).astype(label_dtype)
-    x_gpu = _on_gpu(gpu_xp, x, layout)
-    t_gpu = _on_gpu(gpu_xp, t, "strided" if layout == "strided" else "c")
+    (x_gpu,) = move(gpu_xp, x, layout=layout)
+    (t_gpu,) = move(gpu_xp, t, layout="strided" if layout == "strided" else "c")
     loss, lse = kernels.softmax_cross_entropy_forward(x_gpu, t_gpu)
     want_loss, want_lse = ref_softmax_cross_entropy(x.astype(np.float64), t)
     assert loss.shape == () and lse.shape == (N,)
@@ -296,7 +285,7 @@ def test_out_of_range_label_gives_nan_loss(gpu_xp):
 def _optimizer_arrays(xp, rng, dtype, layout, count):
     """``count`` (3, 4) host arrays and their GPU copies; GPU copies use ``layout``."""
     host = [rng.standard_normal((3, 4)).astype(dtype) for _ in range(count)]
-    return host, [_on_gpu(xp, a, layout) for a in host]
+    return host, list(move(xp, *host, layout=layout))
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 """Every fused kernel's CUDA source, as CuPy generates it, compiles for sm_90 without a GPU.
 
 The source comes from CuPy's own code generator (see
-``xpgrad.backend.elementwise_kernel_source``) for each dtype binding and for
+``tests/kernel_source.py``) for each dtype binding and for
 the argument layouts a call can produce; NVRTC (the compiler CuPy uses at run
 time) compiles it, and nvcc cross-checks one layout. A deliberately broken
 kernel must fail, which shows the check can fail.
@@ -13,6 +13,8 @@ import shutil
 import pytest
 
 from xpgrad import backend, kernels
+
+from . import kernel_source
 
 pytestmark = pytest.mark.skipif(not backend.cupy_installed(), reason="CuPy is not installed")
 
@@ -47,10 +49,10 @@ def _args(spec, kernel, binding, contiguous):
 def _source(spec, binding, contiguous=True, index_32_bits=True):
     kernel = spec.build()
     args = _args(spec, kernel, binding, contiguous)
-    source = backend.elementwise_kernel_source(
+    source = kernel_source.elementwise_kernel_source(
         kernel, args, indexer_ndim=1 if contiguous else 2, index_32_bits=index_32_bits
     )
-    return source, backend.kernel_compile_options(kernel)
+    return source, kernel_source.kernel_compile_options(kernel)
 
 
 def _cases():
@@ -66,7 +68,7 @@ def _cases():
 
 
 needs_nvrtc = pytest.mark.skipif(
-    backend.nvrtc_version() is None, reason="NVRTC cannot be loaded (pip install nvidia-cuda-nvrtc-cu12)"
+    kernel_source.nvrtc_version() is None, reason="NVRTC cannot be loaded (pip install nvidia-cuda-nvrtc-cu12)"
 )
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 
@@ -80,7 +82,7 @@ _BROKEN = kernels.KernelSpec(  # not registered: a typo ("gyy") in an otherwise 
 def test_kernel_compiles_with_nvrtc(spec, binding, contiguous, index_32_bits):
     source, options = _source(spec, binding, contiguous, index_32_bits)
     assert f'extern "C" __global__ void {spec.name}(' in source
-    assert backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
+    assert kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
 
 
 @needs_nvcc
@@ -89,7 +91,7 @@ def test_kernel_compiles_with_nvrtc(spec, binding, contiguous, index_32_bits):
 def test_kernel_compiles_with_nvcc(spec):
     binding = {v: choices[-1] for v, choices in kernels.TYPE_CHOICES.items()}
     source, options = _source(spec, binding)
-    assert backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
+    assert kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
 
 
 @needs_nvrtc
@@ -103,15 +105,15 @@ def test_every_dtype_binding_is_covered():
 @needs_nvrtc
 def test_broken_kernel_fails_nvrtc():
     source, options = _source(_BROKEN, {"T": "float32"})
-    with pytest.raises(backend.KernelCompileError, match="gyy"):
-        backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
+    with pytest.raises(kernel_source.KernelCompileError, match="gyy"):
+        kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
 
 
 @needs_nvcc
 def test_broken_kernel_fails_nvcc():
     source, options = _source(_BROKEN, {"T": "float32"})
-    with pytest.raises(backend.KernelCompileError, match="gyy"):
-        backend.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
+    with pytest.raises(kernel_source.KernelCompileError, match="gyy"):
+        kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvcc")
 
 
 @needs_nvrtc

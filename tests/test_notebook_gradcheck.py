@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from xpgrad import backend, notebook
-from xpgrad.gradcheck import notebook_chain, notebook_inputs
 
 torch = pytest.importorskip("torch", reason="the autodiff oracle needs PyTorch (pip install torch==2.13.0)")
 
@@ -47,8 +46,8 @@ def assert_close_relative(actual, expected, name, rtol=1e-10):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_every_gradient_matches_torch(xp, seed):
-    inputs = notebook_inputs(seed, xp)
-    ours = notebook_chain(*inputs)
+    inputs = notebook.inputs(seed, xp)
+    ours = notebook.chain(*inputs)
     ref = torch_chain(*(backend.to_numpy(a) for a in inputs))
     for name, tensor_name in PAIRS.items():
         assert ours[name].dtype == np.float64
@@ -57,8 +56,8 @@ def test_every_gradient_matches_torch(xp, seed):
 
 def test_printed_gradient_is_label_over_probability():
     """What the cell printed: label / (p + 1e-12) at each row's labelled class, zero elsewhere."""
-    x, W1, W2, label = notebook_inputs(0)
-    grads = notebook_chain(x, W1, W2, label)
+    x, W1, W2, label = notebook.inputs(0)
+    grads = notebook.chain(x, W1, W2, label)
     h2 = np.maximum(x @ W1, 0) @ W2
     p = np.exp(h2) / np.exp(h2).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(grads["h2_log_grad"], label / (p + 1e-12), rtol=1e-10)
@@ -67,8 +66,8 @@ def test_printed_gradient_is_label_over_probability():
 
 def test_matches_the_notebooks_own_implementation():
     """xpgrad's ops reproduce the original notebook classes (Jacobian softmax, no max shift)."""
-    x, W1, W2, label = notebook_inputs(3)
-    ours = notebook_chain(x, W1, W2, label)
+    x, W1, W2, label = notebook.inputs(3)
+    ours = notebook.chain(x, W1, W2, label)
     mul1, mul2, relu = notebook.Matmul(), notebook.Matmul(), notebook.Relu()
     softmax, log = notebook.Softmax(), notebook.Log()
     log.forward(softmax.forward(mul2.forward(relu.forward(mul1.forward(x, W1)), W2)))

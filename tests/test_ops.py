@@ -5,13 +5,19 @@ import pytest
 
 from xpgrad import backend
 from xpgrad.gradcheck import check_op, gradcheck
-from xpgrad.ops import Linear, Log, LogSoftmax, Matmul, Relu, Softmax, SoftmaxCrossEntropy
+from xpgrad.ops import (
+    Linear,
+    Log,
+    LogSoftmax,
+    Matmul,
+    Relu,
+    Softmax,
+    SoftmaxCrossEntropy,
+)
+
+from .helpers import move
 
 DTYPES = [np.float64, np.float32]
-
-
-def move(xp, *arrays):
-    return tuple(xp.asarray(a) for a in arrays)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xpgrad import backend
-from xpgrad.optim import Adam, MomentumSGD, SGD, make_optimizer
+from xpgrad.optim import SGD, Adam, MomentumSGD, make_optimizer
 
 torch = pytest.importorskip("torch", reason="the optimizer oracle needs PyTorch (pip install torch==2.13.0)")
 

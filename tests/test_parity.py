@@ -6,13 +6,25 @@ with a reason without one. On the CPU, the fused formulas (LogSoftmax,
 SoftmaxCrossEntropy) are compared with the notebook's Jacobian chain.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from xpgrad import backend, notebook
-from xpgrad.ops import Linear, Log, LogSoftmax, Matmul, Relu, Softmax, SoftmaxCrossEntropy
+from xpgrad.ops import (
+    Linear,
+    Log,
+    LogSoftmax,
+    Matmul,
+    Relu,
+    Softmax,
+    SoftmaxCrossEntropy,
+)
 
-from .conftest import tolerances
+from .helpers import move, tolerances
 
 DTYPES = [np.float32, np.float64]
 
@@ -45,10 +57,6 @@ def run_op(op, args, gy):
     return [backend.to_numpy(out)] + [backend.to_numpy(g) for g in grads if g is not None]
 
 
-def on(xp, arrays):
-    return [xp.asarray(a) for a in arrays]
-
-
 def assert_all_close(actual, expected, dtype, what):
     rtol, atol = tolerances(dtype)
     for i, (a, e) in enumerate(zip(actual, expected)):
@@ -76,7 +84,7 @@ def test_numpy_vs_cupy(gpu_xp, rng, op_name, case, dtype):
     x, gy, t = make_inputs(rng, n, c, scale, strided, dtype)
     gy_op = None if op_name == "SoftmaxCrossEntropy" else gy
     ref = run_op(op_cls(), args_of(x, t), gy_op)
-    got = run_op(op_cls(), on(gpu_xp, args_of(x, t)), None if gy_op is None else gpu_xp.asarray(gy))
+    got = run_op(op_cls(), move(gpu_xp, *args_of(x, t)), None if gy_op is None else gpu_xp.asarray(gy))
     assert_all_close(got, ref, dtype, f"{op_name}/{case[0]}")
 
 
@@ -90,7 +98,7 @@ def test_numpy_vs_cupy_matmul_linear_log(gpu_xp, rng, dtype):
     p = rng.uniform(1e-6, 1.0, size=(17, 5)).astype(dtype)
     for name, op_cls, args in [("Matmul", Matmul, (x, W)), ("Linear", Linear, (x, W, b)), ("Log", Log, (p,))]:
         ref = run_op(op_cls(), args, gy)
-        got = run_op(op_cls(), on(gpu_xp, args), gpu_xp.asarray(gy))
+        got = run_op(op_cls(), move(gpu_xp, *args), gpu_xp.asarray(gy))
         assert_all_close(got, ref, dtype, name)
 
 
@@ -98,27 +106,59 @@ def test_numpy_vs_cupy_matmul_linear_log(gpu_xp, rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("op_name", ["Relu", "LogSoftmax", "SoftmaxCrossEntropy"])
-def test_fused_vs_generic_on_gpu(gpu_xp, rng, monkeypatch, op_name, case, dtype):
+def test_fused_vs_generic_on_gpu(gpu_xp, rng, op_name, case, dtype):
     """The fused kernels against the generic xp code, on the same GPU."""
     _, n, c, scale, strided = case
     op_cls, args_of = softmax_like_ops()[op_name]
     x, gy, t = make_inputs(rng, n, c, scale, strided, dtype)
-    args = on(gpu_xp, args_of(x, t))
+    args = move(gpu_xp, *args_of(x, t))
     gy_dev = None if op_name == "SoftmaxCrossEntropy" else gpu_xp.asarray(gy)
-    monkeypatch.setenv(backend.FUSED_ENV, "1")
-    fused = run_op(op_cls(), args, gy_dev)
-    monkeypatch.setenv(backend.FUSED_ENV, "0")
-    generic = run_op(op_cls(), args, gy_dev)
+    with backend.use_fused(True):
+        fused = run_op(op_cls(), args, gy_dev)
+    with backend.use_fused(False):
+        generic = run_op(op_cls(), args, gy_dev)
     assert_all_close(fused, generic, dtype, f"{op_name}/{case[0]}")
 
 
-def test_fused_env_switch(monkeypatch):
-    monkeypatch.setenv(backend.FUSED_ENV, "0")
-    assert not backend.fused_enabled()
-    monkeypatch.setenv(backend.FUSED_ENV, "1")
-    assert backend.fused_enabled()
-    monkeypatch.delenv(backend.FUSED_ENV)
-    assert backend.fused_enabled()
+@pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_fused_env_switch_is_read_at_import(value, expected):
+    """XPGRAD_FUSED sets the switch once, when xpgrad is imported (default: on)."""
+    env = {k: v for k, v in os.environ.items() if k != backend.FUSED_ENV}
+    if value is not None:
+        env[backend.FUSED_ENV] = value
+    code = "from xpgrad import backend; print(backend.fused_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == str(expected)
+
+
+def test_get_ops_picks_kernels_only_for_gpu_arrays_while_fused():
+    """The one decision: NumPy always gets the generic code; another xp the kernels unless switched off."""
+    from xpgrad import generic, kernels
+
+    other_xp = object()  # a stand-in for cupy: anything that is not numpy
+    with backend.use_fused(True):
+        assert backend.get_ops(np) is generic
+        assert backend.get_ops(other_xp) is kernels
+        with backend.use_fused(False):
+            assert backend.get_ops(other_xp) is generic
+            assert not backend.fused_enabled()
+        assert backend.get_ops(other_xp) is kernels
+
+
+def test_generic_and_kernels_mirror_each_other():
+    """Every public function of kernels has a generic twin with the same parameters, and back."""
+    import inspect
+
+    from xpgrad import generic, kernels
+
+    def public(module):
+        return {name: fn for name, fn in vars(module).items() if inspect.isfunction(fn)
+                and not name.startswith("_") and fn.__module__ == module.__name__}
+
+    twins = public(kernels)
+    assert twins and set(twins) <= set(public(generic))
+    for name, fn in twins.items():
+        assert list(inspect.signature(fn).parameters) == list(inspect.signature(getattr(generic, name)).parameters), name
 
 
 # ---------------------------------------------------------------------------

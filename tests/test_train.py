@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from xpgrad import backend
-from xpgrad.checkpoint import atomic_write, load_checkpoint
+from xpgrad.checkpoint import load_checkpoint
 from xpgrad.data import Dataset
 from xpgrad.errors import CheckpointError, DivergenceError
+from xpgrad.files import atomic_write
 from xpgrad.model import MLP
-from xpgrad.train import Config, Trainer, read_metrics, run
+from xpgrad.training import Config, Trainer, read_metrics, run
 
 
 def synthetic_dataset(n_train=1200, n_test=300, seed=0, checksum="synthetic-0"):
@@ -275,7 +276,7 @@ def test_model_save_and_load(tmp_path, rng):
 
 
 def test_standardization_matches_the_float_computation():
-    from xpgrad.train import normalization
+    from xpgrad.training import normalization
 
     x = synthetic_dataset().x_train
     shift, scale = normalization(small_config(), x)

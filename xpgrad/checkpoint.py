@@ -1,4 +1,4 @@
-"""Checkpoints and other files written atomically: a temp file in the same folder, then a rename.
+"""Checkpoints: a run's whole state in one ``.npz`` file, written atomically.
 
 A checkpoint is a plain ``.npz`` that loads with ``allow_pickle=False``:
 
@@ -17,46 +17,34 @@ key                        value
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 FORMAT = 1
+PARAM_PREFIX = "param/"  # parameters are stored as param/<name>, here and in MLP.save
 
 
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temp file next to ``path``; on success fsync and rename it over ``path``.
-
-    On any error the temp file is removed and ``path`` is left as it was.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def param_arrays(params: dict) -> dict:
+    """Parameters by name -> the arrays of a checkpoint (``param/<name>``)."""
+    return {f"{PARAM_PREFIX}{k}": v for k, v in params.items()}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def params_from(arrays) -> dict:
+    """The parameters by name in a checkpoint's arrays (a dict or an open ``NpzFile``)."""
+    keys = arrays.files if hasattr(arrays, "files") else list(arrays)
+    return {k[len(PARAM_PREFIX):]: arrays[k] for k in keys if k.startswith(PARAM_PREFIX)}
+
+
+def save_arrays(path, arrays: dict) -> None:
+    """Write host arrays to an ``.npz`` file atomically."""
+    with atomic_write(path) as f:
+        numpy.savez(f, **arrays)
 
 
 def save_checkpoint(path, *, params: dict, optimizer_state: dict, rng_state: dict, epoch: int,
@@ -69,10 +57,9 @@ def save_checkpoint(path, *, params: dict, optimizer_state: dict, rng_state: dic
         "dataset_checksum": numpy.asarray(dataset_checksum),
         "rng_state": numpy.asarray(json.dumps(rng_state)),
     }
-    arrays.update({f"param/{k}": v for k, v in params.items()})
+    arrays.update(param_arrays(params))
     arrays.update({f"optim/{k}": v for k, v in optimizer_state.items()})
-    with atomic_write(path) as f:
-        numpy.savez(f, **arrays)
+    save_arrays(path, arrays)
 
 
 def load_checkpoint(path) -> dict:
@@ -105,6 +92,6 @@ def load_checkpoint(path) -> dict:
         "config": config,
         "dataset_checksum": str(arrays["dataset_checksum"]),
         "rng_state": rng_state,
-        "params": {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")},
+        "params": params_from(arrays),
         "optimizer": {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
     }

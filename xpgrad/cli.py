@@ -62,7 +62,7 @@ def _positive_float(text):
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS  # noqa: PLC0415 - keeps `xpgrad --help` light
     from .optim import OPTIMIZERS  # noqa: PLC0415
-    from .train import DTYPES, RECIPES  # noqa: PLC0415
+    from .training import DTYPES, RECIPES  # noqa: PLC0415
 
     parser = _Parser(prog="xpgrad", description="Readable autodiff on NumPy and CuPy: train the notebook's MLP.")
     parser.add_argument("--version", action="version", version=f"xpgrad {__version__}")
@@ -124,22 +124,24 @@ def main(argv=None) -> int:
 # train / eval
 
 
-_RESUMABLE = ("epochs",)  # options a resumed run may change (besides device, out, data-dir)
+# Options that define a run: a resumed run keeps the checkpoint's, and may
+# change only --epochs (and where it runs: --device, --out, --data-dir).
+_RUN_OPTIONS = ("dataset", "batch_size", "optimizer", "lr", "dtype", "seed")
+_FIXED_ON_RESUME = (*_RUN_OPTIONS, "recipe")
 
 
 def _config_from_args(args):
-    from .train import Config  # noqa: PLC0415
+    from .training import Config  # noqa: PLC0415
 
-    overrides = {k: getattr(args, k) for k in
-                 ("dataset", "epochs", "batch_size", "optimizer", "lr", "dtype", "seed")}
+    overrides = {k: getattr(args, k) for k in ("epochs", *_RUN_OPTIONS)}
     return Config.from_recipe(args.recipe or "default", **overrides)
 
 
 def _resume_config(args, checkpoint):
-    from .train import Config  # noqa: PLC0415
+    from .training import Config  # noqa: PLC0415
 
     config = Config.from_dict(checkpoint["config"])
-    for name in ("dataset", "batch_size", "optimizer", "lr", "dtype", "seed", "recipe"):
+    for name in _FIXED_ON_RESUME:
         given = getattr(args, name)
         if given is not None and given != getattr(config, name):
             flag = "--" + name.replace("_", "-")
@@ -155,7 +157,7 @@ def _resume_config(args, checkpoint):
 def cmd_train(args) -> int:
     from .checkpoint import load_checkpoint  # noqa: PLC0415
     from .data import load_dataset  # noqa: PLC0415
-    from .train import Trainer, prepare_out_dir, run  # noqa: PLC0415
+    from .training import Trainer, prepare_out_dir, run  # noqa: PLC0415
 
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     config = _resume_config(args, checkpoint) if checkpoint else _config_from_args(args)
@@ -184,7 +186,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint  # noqa: PLC0415
     from .data import load_dataset  # noqa: PLC0415
-    from .train import Config, Trainer  # noqa: PLC0415
+    from .training import Config, Trainer  # noqa: PLC0415
 
     checkpoint = load_checkpoint(args.checkpoint)
     config = Config.from_dict(checkpoint["config"])
@@ -279,10 +281,10 @@ def cmd_gradcheck(args) -> int:
     """The notebook's "Final Gradient Check" cell: xpgrad's gradient next to an autodiff framework's."""
     import numpy  # noqa: PLC0415
 
-    from .gradcheck import notebook_chain, notebook_inputs  # noqa: PLC0415
+    from . import notebook  # noqa: PLC0415
 
-    x, W1, W2, label = notebook_inputs(seed=0)
-    grads = notebook_chain(x, W1, W2, label)
+    inputs = notebook.inputs(seed=0)
+    grads = notebook.chain(*inputs)
     numpy.set_printoptions(precision=8, suppress=True, linewidth=100)
     print(grads["h2_log_grad"])
     print("--" * 20)
@@ -291,15 +293,9 @@ def cmd_gradcheck(args) -> int:
     except ImportError:
         print("(PyTorch is not installed, so there is no independent autodiff to compare with: pip install torch)")
         return 0
-    xt, W1t, W2t = (torch.tensor(a, requires_grad=True) for a in (x, W1, W2))
-    prob = torch.softmax(torch.relu(xt @ W1t) @ W2t, dim=1)
-    prob.retain_grad()
-    (torch.tensor(label) * torch.log(prob + 1e-12)).sum().backward()
-    print(prob.grad.numpy())
-    worst = 0.0
-    for name, ref in [("h2_log_grad", prob.grad), ("W1_grad", W1t.grad), ("W2_grad", W2t.grad), ("h1_grad", xt.grad)]:
-        ref = ref.numpy()
-        worst = max(worst, float(numpy.abs(grads[name] - ref).max() / numpy.abs(ref).max()))
+    reference = notebook.torch_gradients(torch, *inputs)
+    print(reference["h2_log_grad"])
+    worst = notebook.max_relative_difference(grads, reference)
     print(f"max relative difference from PyTorch over prob, W1, W2 and x gradients: {worst:.2e}")
     if worst > 1e-10:
         raise XpgradError(f"gradients differ from PyTorch by {worst:.2e} (more than 1e-10)")

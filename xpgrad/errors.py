@@ -4,6 +4,8 @@ The CLI prints these as one line on stderr and exits non-zero without a
 traceback; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class XpgradError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it."""
@@ -23,3 +25,13 @@ class CheckpointError(XpgradError):
 
 class DivergenceError(XpgradError):
     """Training produced NaN or inf."""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``"TypeName: message"`` on one line (whitespace collapsed), cut to ``limit`` characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if "Caused by " in text:  # requests wraps the real reason in a long connection-pool preamble
+        text = text.split("Caused by ", 1)[1].rstrip(")")
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text

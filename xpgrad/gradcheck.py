@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import backend
 from .backend import get_array_module
 
 #: (rtol, atol) by the dtype the analytic gradient was computed in. The numeric
@@ -140,45 +139,3 @@ def _unravel(k, shape):
         out.append(k % n)
         k //= n
     return tuple(reversed(out))
-
-
-# ---------------------------------------------------------------------------
-# The notebook's "Final Gradient Check" cell, with xpgrad's ops
-
-
-def notebook_chain(x, W1, W2, label):
-    """Run the notebook's gradient-check chain with xpgrad's ops.
-
-    Forward: ``log(softmax(relu(x @ W1) @ W2))``; backward from ``label``
-    (the gradient of ``sum(label * log_prob)``). Returns every gradient of
-    the chain by the notebook's variable names.
-    """
-    from .ops import Log, Matmul, Relu, Softmax  # noqa: PLC0415 - ops imports this module's siblings
-
-    mul_h1, mul_h2, relu, softmax, log = Matmul(), Matmul(), Relu(), Softmax(), Log()
-    h1 = mul_h1.forward(x, W1)
-    h2 = mul_h2.forward(relu.forward(h1), W2)
-    log.forward(softmax.forward(h2))
-    grads = {"h2_log_grad": log.backward(label)}
-    grads["h2_soft_grad"] = softmax.backward(grads["h2_log_grad"])
-    grads["h2_grad"], grads["W2_grad"] = mul_h2.backward(grads["h2_soft_grad"])
-    grads["h1_relu_grad"] = relu.backward(grads["h2_grad"])
-    grads["h1_grad"], grads["W1_grad"] = mul_h1.backward(grads["h1_relu_grad"])
-    return grads
-
-
-def notebook_inputs(seed=0, xp=None):
-    """The cell's inputs: x (5, 6), W1 (6, 5), W2 (5, 6) ~ N(0, 1) and its one-hot labels."""
-    import numpy  # noqa: PLC0415 - inputs are made on the host, then moved
-
-    rng = numpy.random.default_rng(seed)
-    x = rng.normal(size=[5, 6])
-    W1 = rng.normal(size=[6, 5])
-    W2 = rng.normal(size=[5, 6])
-    label = numpy.zeros_like(x)
-    for row, col in enumerate([1, 0, 3, 5, 0]):
-        label[row, col] = 1.0
-    arrays = (x, W1, W2, label)
-    if xp is not None and xp is not numpy:
-        arrays = tuple(backend.to_device(a, "cuda") for a in arrays)
-    return arrays

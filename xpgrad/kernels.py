@@ -5,8 +5,11 @@ CuPy kernel object built through :mod:`xpgrad.backend` on first call (so this
 module imports without CuPy). CuPy then compiles once per dtype. Every spec is
 listed in :data:`KERNELS`, so tests can compile each one without a GPU.
 
-The public functions take and return CuPy arrays of float32 or float64. The
-NumPy path for the same formulas lives in ``ops.py`` and ``optim.py``.
+The public functions (at the end) take and return CuPy arrays of float32 or
+float64. Each has a twin of the same name and signature in
+:mod:`xpgrad.generic`, written against ``xp``: that is the CPU code and the
+reference these kernels must match. :func:`xpgrad.backend.get_ops` chooses
+between the two modules.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import backend
+from .generic import check_labels, check_rows
 
 #: Dtypes each type placeholder of a kernel can be bound to (for compile checks).
 TYPE_CHOICES = {"T": ("float32", "float64"), "S": ("int32", "int64")}
@@ -213,20 +217,13 @@ _adam_update = _register(KernelSpec(
 
 
 # ---------------------------------------------------------------------------
-# Public functions
-
+# Public functions: the twins of xpgrad.generic
 
 
 def _check_float(*arrays) -> None:
     for a in arrays:
         if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
             raise TypeError(f"fused kernels take float32 or float64 arrays, got {a.dtype}")
-
-
-def _check_rows(x) -> tuple[int, int]:
-    if x.ndim != 2 or x.shape[1] < 1:
-        raise ValueError(f"expected a 2-d (N, C) array with C >= 1, got shape {x.shape}")
-    return x.shape
 
 
 def _check_same_shape(param, *arrays) -> None:
@@ -255,7 +252,7 @@ def relu_backward(x, gy, out=None):
 def log_softmax_forward(x):
     """Row-wise log-softmax of (N, C) logits: ``x - logsumexp(x, axis=1)``, computed stably."""
     _check_float(x)
-    N, C = _check_rows(x)
+    N, C = check_rows(x)
     x = _rows(x)
     lse = backend.cupy.empty(N, dtype=x.dtype)
     _logsumexp_rows(x, C, lse)
@@ -265,7 +262,7 @@ def log_softmax_forward(x):
 def log_softmax_backward(y, gy):
     """Gradient of log-softmax from its (N, C) output y: ``gy - exp(y) * gy.sum(axis=1)``."""
     _check_float(y, gy)
-    N, C = _check_rows(y)
+    N, C = check_rows(y)
     if gy.shape != y.shape:
         raise ValueError(f"gy has shape {gy.shape}, expected {y.shape}")
     gy = _rows(gy)
@@ -276,9 +273,7 @@ def log_softmax_backward(y, gy):
 
 def _labels(x, t):
     """(N, C) of x, and labels t as C-ordered int32 or int64 (other integer types are widened)."""
-    N, C = _check_rows(x)
-    if t.shape != (N,) or t.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers of shape ({N},), got {t.dtype} {t.shape}")
+    N, C = check_labels(x, t)
     if t.dtype.kind != "i" or t.dtype.itemsize not in (4, 8):
         t = t.astype("int64")
     return N, C, _rows(t)
@@ -287,8 +282,8 @@ def _labels(x, t):
 def softmax_cross_entropy_forward(x, t):
     """Mean softmax cross-entropy of (N, C) logits x against (N,) integer labels t.
 
-    Returns ``(loss, lse)``: loss is 0-d with x's dtype, lse is the (N,) per-row
-    log-sum-exp kept for the backward pass.
+    Returns ``(loss, cache)``: loss is 0-d with x's dtype; cache, what
+    :func:`softmax_cross_entropy_backward` needs, is the (N,) per-row log-sum-exp.
     """
     _check_float(x)
     N, C, t = _labels(x, t)
@@ -299,21 +294,22 @@ def softmax_cross_entropy_forward(x, t):
     return nll.mean(), lse
 
 
-def softmax_cross_entropy_backward(x, t, lse, gloss):
-    """Gradient of the mean cross-entropy w.r.t. the (N, C) logits x.
+def softmax_cross_entropy_backward(x, t, cache, gloss=None):
+    """Gradient of ``gloss * loss`` w.r.t. the (N, C) logits: ``(softmax(x) - onehot(t)) * gloss / N``.
 
-    ``gx[i, j] = (softmax(x)[i, j] - (j == t[i])) * gloss / N``, with lse the (N,)
-    array from the forward pass and gloss the 0-d upstream gradient, read on
-    the device (no host sync).
+    ``cache`` is the (N,) log-sum-exp from the forward pass; ``gloss`` (a
+    number or 0-d array, default 1) is read on the device (no host sync).
     """
+    lse = cache
     _check_float(x, lse)
     N, C, t = _labels(x, t)
+    gloss = backend.cupy.ones((), dtype=x.dtype) if gloss is None else gloss
     gloss = backend.cupy.asarray(gloss).astype(x.dtype, copy=False).reshape(())
     return _softmax_xent_bwd(x, _rows(lse), t, gloss, C, N)
 
 
-def sgd_update(param, grad, lr):
-    """In place: ``param -= lr * grad`` (same shapes)."""
+def sgd_update(param, grad, lr, work=None):
+    """In place: ``param -= lr * grad`` (same shapes); one kernel, so ``work`` is not needed."""
     _check_float(param, grad)
     _check_same_shape(param, grad)
     if param.flags.c_contiguous and grad.flags.c_contiguous and param.size:
@@ -322,14 +318,14 @@ def sgd_update(param, grad, lr):
     _sgd_update(grad, lr, param)
 
 
-def momentum_update(param, grad, velocity, lr, momentum):
+def momentum_update(param, grad, velocity, lr, momentum, work=None):
     """In place, PyTorch semantics: ``velocity = momentum * velocity + grad; param -= lr * velocity``."""
     _check_float(param, grad, velocity)
     _check_same_shape(param, grad, velocity)
     _momentum_update(grad, lr, momentum, param, velocity)
 
 
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, work=None):
     """In place Adam step (PyTorch semantics, with bias correction) for step = 1, 2, ...
 
     ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;

@@ -13,8 +13,7 @@ import math
 
 import numpy
 
-from . import backend
-from .checkpoint import atomic_write
+from . import backend, checkpoint
 from .ops import Linear, Matmul, Relu
 
 INITS = ("he", "glorot", "normal")
@@ -179,17 +178,16 @@ class MLP:
 
     def save(self, path) -> None:
         """Write the parameters and the architecture to an ``.npz`` file, atomically."""
-        arrays = {f"param/{k}": v for k, v in self.state_dict().items()}
+        arrays = checkpoint.param_arrays(self.state_dict())
         arrays["sizes"] = numpy.asarray(self.sizes)
         arrays["input_bias"] = numpy.asarray(self.input_bias)
-        with atomic_write(path) as f:
-            numpy.savez(f, **arrays)
+        checkpoint.save_arrays(path, arrays)
 
     @classmethod
     def load(cls, path, device="cpu", dtype=None) -> "MLP":
         """An MLP with the architecture and parameters saved by :meth:`save`."""
         with numpy.load(path, allow_pickle=False) as data:
-            state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+            state = checkpoint.params_from(data)
             sizes, input_bias = tuple(int(s) for s in data["sizes"]), bool(data["input_bias"])
         dtype = dtype or state["W1"].dtype
         model = cls(sizes, input_bias=input_bias, dtype=dtype, device=device)

@@ -1,12 +1,19 @@
-"""The original teaching notebook's NumPy ops, kept as a reference.
+"""Everything that is "the notebook": its code, its gradient-check cell, and its loss head.
 
-These are the notebook's classes as it wrote them (``np.`` calls, the (N, C, C)
-softmax Jacobian, no max subtraction), so that tests and benchmarks can compare
-xpgrad against the code it grew from. They are CPU-only by design and are not
-used by xpgrad's training code.
+* The notebook's classes as it wrote them (``np.`` calls, the (N, C, C)
+  softmax Jacobian, no max subtraction), so that tests and benchmarks can
+  compare xpgrad against the code it grew from. They are CPU-only by design.
+* Its "Final Gradient Check" cell run with xpgrad's ops (:func:`chain`, on
+  either device), and the same function in PyTorch (:func:`torch_gradients`)
+  as the independent autodiff it was checked against.
+* :class:`NotebookHead`, the unfused Softmax -> Log loss of ``--recipe notebook``.
 """
 
+from __future__ import annotations
+
 import numpy as np
+
+from . import backend, ops
 
 
 class Matmul:
@@ -99,3 +106,103 @@ def train_one_step(model, x, y, lr=1e-5):
     loss = np.mean(np.sum(-model.h2_log * y, axis=1))
     accuracy = np.mean(np.argmax(model.h2_log, axis=1) == np.argmax(y, axis=1))
     return loss, accuracy
+
+
+# ---------------------------------------------------------------------------
+# The "Final Gradient Check" cell, with xpgrad's ops
+
+
+def chain(x, W1, W2, label):
+    """Run the notebook's gradient-check chain with xpgrad's ops (on the inputs' device).
+
+    Forward: ``log(softmax(relu(x @ W1) @ W2))``; backward from ``label``
+    (the gradient of ``sum(label * log_prob)``). Returns every gradient of
+    the chain by the notebook's variable names.
+    """
+    mul_h1, mul_h2, relu = ops.Matmul(), ops.Matmul(), ops.Relu()
+    softmax, log = ops.Softmax(), ops.Log()
+    h1 = mul_h1.forward(x, W1)
+    h2 = mul_h2.forward(relu.forward(h1), W2)
+    log.forward(softmax.forward(h2))
+    grads = {"h2_log_grad": log.backward(label)}
+    grads["h2_soft_grad"] = softmax.backward(grads["h2_log_grad"])
+    grads["h2_grad"], grads["W2_grad"] = mul_h2.backward(grads["h2_soft_grad"])
+    grads["h1_relu_grad"] = relu.backward(grads["h2_grad"])
+    grads["h1_grad"], grads["W1_grad"] = mul_h1.backward(grads["h1_relu_grad"])
+    return grads
+
+
+def inputs(seed=0, xp=None):
+    """The cell's inputs: x (5, 6), W1 (6, 5), W2 (5, 6) ~ N(0, 1) and its one-hot labels.
+
+    Made on the host, then moved to the GPU when ``xp`` is CuPy.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=[5, 6])
+    W1 = rng.normal(size=[6, 5])
+    W2 = rng.normal(size=[5, 6])
+    label = np.zeros_like(x)
+    for row, col in enumerate([1, 0, 3, 5, 0]):
+        label[row, col] = 1.0
+    arrays = (x, W1, W2, label)
+    if xp is not None and xp is not np:
+        arrays = tuple(backend.to_device(a, "cuda") for a in arrays)
+    return arrays
+
+
+def torch_gradients(torch, x, W1, W2, label) -> dict:
+    """The cell's gradients by PyTorch's autograd, for the probabilities, W1, W2 and x.
+
+    The cell printed the probabilities' gradient; the notebook compared it
+    with TensorFlow's. ``torch`` is the imported module (an optional oracle).
+    """
+    xt, W1t, W2t = (torch.tensor(a, requires_grad=True) for a in (x, W1, W2))
+    prob = torch.softmax(torch.relu(xt @ W1t) @ W2t, dim=1)
+    prob.retain_grad()
+    (torch.tensor(label) * torch.log(prob + 1e-12)).sum().backward()
+    return {"h2_log_grad": prob.grad.numpy(), "W1_grad": W1t.grad.numpy(), "W2_grad": W2t.grad.numpy(),
+            "h1_grad": xt.grad.numpy()}
+
+
+def max_relative_difference(grads: dict, reference: dict) -> float:
+    """The largest ``max|a - b| / max|b|`` over the gradients ``reference`` holds."""
+    worst = 0.0
+    for name, ref in reference.items():
+        got = backend.to_numpy(grads[name])
+        worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
+    return worst
+
+
+# ---------------------------------------------------------------------------
+# The loss head of --recipe notebook
+
+
+class NotebookHead:
+    """The notebook's unfused Softmax -> Log, with the gradient of the *summed* loss.
+
+    ``forward`` returns the mean loss (what the notebook printed); ``backward``
+    returns ``softmax.backward(log.backward(-onehot))``, as ``myModel.backward`` did.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.softmax, self.log = ops.Softmax(), ops.Log()
+        self._onehot = (None, None)
+
+    def _one_hot(self, t, dtype):
+        last_t, last = self._onehot
+        if last_t is t and last.dtype == dtype:  # full-batch training passes the same labels every step
+            return last
+        xp = backend.get_array_module(t)
+        onehot = xp.zeros((t.shape[0], self.num_classes), dtype=dtype)
+        onehot[xp.arange(t.shape[0]), t] = 1
+        self._onehot = (t, onehot)
+        return onehot
+
+    def forward(self, logits, t):
+        self.t = self._one_hot(t, logits.dtype)
+        self.log_prob = self.log.forward(self.softmax.forward(logits))
+        return -(self.log_prob * self.t).sum() / logits.shape[0]
+
+    def backward(self):
+        return self.softmax.backward(self.log.backward(-self.t))

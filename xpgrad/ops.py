@@ -6,10 +6,10 @@ the loss with respect to the output and returns the gradient(s) with respect
 to the input(s). The signatures are the notebook's, so its cells run
 unchanged after ``from xpgrad.ops import Matmul, Relu, Softmax, Log``.
 
-On the GPU the hot paths (ReLU backward, LogSoftmax, SoftmaxCrossEntropy)
-run as fused CuPy kernels from :mod:`xpgrad.kernels`; ``XPGRAD_FUSED=0``
-switches back to the generic ``xp`` code below, which is also the CPU
-implementation and the reference.
+The hot paths (ReLU backward, LogSoftmax, SoftmaxCrossEntropy) call the
+functions of :func:`xpgrad.backend.get_ops`: on the GPU the fused CuPy
+kernels of :mod:`xpgrad.kernels`, elsewhere (or with ``XPGRAD_FUSED=0``)
+their generic twins in :mod:`xpgrad.generic`, which are also the reference.
 
 Epsilon semantics (kept from the notebook, made overflow-safe)
 --------------------------------------------------------------
@@ -30,14 +30,11 @@ Epsilon semantics (kept from the notebook, made overflow-safe)
 
 from __future__ import annotations
 
-from . import backend, kernels
-from .backend import get_array_module
+from . import generic
+from .backend import get_array_module, get_ops
+from .backend.graph import matmul
 
 EPSILON = 1e-12
-
-
-def _use_fused(xp) -> bool:
-    return xp is not backend.numpy and backend.fused_enabled()
 
 
 class Op:
@@ -62,15 +59,15 @@ class Matmul(Op):
         """``x @ W``, written into ``out`` when given (as ``numpy.matmul``)."""
         xp = get_array_module(x, W)
         self.mem = {"x": x, "W": W}
-        return backend.matmul(xp, x, W, out=out)
+        return matmul(xp, x, W, out=out)
 
     def backward(self, gy, out=None):
         """``(gx, gW)``; ``out=(gx, gW)`` (either may be None) writes them into preallocated arrays."""
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
         gx_out, gW_out = (None, None) if out is None else out
-        gx = backend.matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
-        return gx, backend.matmul(xp, x.T, gy, out=gW_out)
+        gx = matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
+        return gx, matmul(xp, x.T, gy, out=gW_out)
 
 
 class Linear(Op):
@@ -84,7 +81,7 @@ class Linear(Op):
         """``x @ W + b``, written into ``out`` when given."""
         xp = get_array_module(x, W, b)
         self.mem = {"x": x, "W": W}
-        h = backend.matmul(xp, x, W, out=out)
+        h = matmul(xp, x, W, out=out)
         h += b
         return h
 
@@ -93,8 +90,8 @@ class Linear(Op):
         x, W = self.mem["x"], self.mem["W"]
         xp = get_array_module(gy, x)
         gx_out, gW_out, gb_out = (None, None, None) if out is None else out
-        gx = backend.matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
-        return gx, backend.matmul(xp, x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
+        gx = matmul(xp, gy, W.T, out=gx_out) if self.needs_input_grad else None
+        return gx, matmul(xp, x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
 
 
 class Relu(Op):
@@ -119,12 +116,7 @@ class Relu(Op):
     def backward(self, gy, out=None):
         """``gy`` where the input was positive, else 0; into ``out`` when given (``out=gy`` is allowed)."""
         x = self.mem["x"]
-        xp = get_array_module(x, gy)
-        if _use_fused(xp):
-            return kernels.relu_backward(x, gy, out=out)
-        # A multiply by the boolean mask keeps gy's dtype and, in NumPy, runs
-        # about 4x faster than xp.where(x > 0, gy, 0) at training shapes.
-        return xp.multiply(gy, x > 0, out=out)
+        return get_ops(get_array_module(x, gy)).relu_backward(x, gy, out=out)
 
 
 class Softmax(Op):
@@ -136,9 +128,9 @@ class Softmax(Op):
 
     def forward(self, x):
         xp = get_array_module(x)
-        e = x - _row_max(xp, x)[:, None]
+        e = x - generic.row_max(x)[:, None]
         xp.exp(e, out=e)
-        e /= (_row_sum(xp, e) + self.epsilon)[:, None]
+        e /= (generic.row_sum(e) + self.epsilon)[:, None]
         self.mem["out"] = e
         return e
 
@@ -149,7 +141,7 @@ class Softmax(Op):
         s = self.mem["out"]
         xp = get_array_module(s, gy)
         gx = gy * s
-        gx = xp.subtract(gy, _row_sum(xp, gx)[:, None], out=gx)
+        gx = xp.subtract(gy, generic.row_sum(gx)[:, None], out=gx)
         gx *= s
         return gx
 
@@ -170,37 +162,6 @@ class Log(Op):
         return gy / (self.mem["x"] + self.epsilon)
 
 
-# Row helpers for the generic (N, C) code. At training shapes, (128, 10), NumPy's
-# reductions over a short last axis cost far more than the arithmetic: x.max(axis=1)
-# takes ~17 us and x.sum(axis=1) ~9 us, against ~4 us for argmax plus a flat take,
-# and ~3 us for a BLAS matrix-vector product with a vector of ones. These three
-# helpers compute the same values (up to the order of a sum) in a few calls each.
-
-
-def _pick(xp, x, cols):
-    """``x[i, cols[i]]`` for every row ``i``: one flat take (NumPy's ``x[arange(n), cols]`` is slower)."""
-    n, c = x.shape
-    return x.reshape(-1).take(xp.arange(0, n * c, c) + cols)
-
-
-def _row_max(xp, x):
-    """Per-row max of an (N, C) array, shape (N,); NaN wherever a row holds one, as ``max``."""
-    return _pick(xp, x, x.argmax(axis=1))
-
-
-def _row_sum(xp, x):
-    """Per-row sum of an (N, C) array, shape (N,), as a matrix-vector product with ones."""
-    return backend.matmul(xp, x, xp.ones(x.shape[1], dtype=x.dtype))
-
-
-def _logsumexp(xp, x):
-    """Stable per-row log-sum-exp of an (N, C) array, shape (N, 1)."""
-    m = _row_max(xp, x)[:, None]
-    e = x - m
-    xp.exp(e, out=e)
-    return m + xp.log(_row_sum(xp, e))[:, None]
-
-
 class LogSoftmax(Op):
     """``x - logsumexp(x)`` per row: the fused replacement for Softmax then Log.
 
@@ -208,30 +169,13 @@ class LogSoftmax(Op):
     """
 
     def forward(self, x):
-        xp = get_array_module(x)
-        if _use_fused(xp):
-            y = kernels.log_softmax_forward(x)
-        else:
-            y = x - _logsumexp(xp, x)
+        y = get_ops(get_array_module(x)).log_softmax_forward(x)
         self.mem["y"] = y
         return y
 
     def backward(self, gy):
         y = self.mem["y"]
-        xp = get_array_module(y, gy)
-        if _use_fused(xp):
-            return kernels.log_softmax_backward(y, gy)
-        gx = xp.exp(y)
-        gx *= _row_sum(xp, gy)[:, None]
-        return xp.subtract(gy, gx, out=gx)
-
-
-def _labels_out_of_range(t, c: int) -> bool:
-    """Whether any integer label lies outside [0, c), in one reduction: viewed as
-    unsigned, a negative label becomes huge, so ``max >= c`` catches both ends."""
-    if t.dtype.kind == "i":
-        t = t.view(f"u{t.dtype.itemsize}")
-    return bool(t.max() >= c)
+        return get_ops(get_array_module(y, gy)).log_softmax_backward(y, gy)
 
 
 class SoftmaxCrossEntropy(Op):
@@ -244,58 +188,32 @@ class SoftmaxCrossEntropy(Op):
     ``backward(gy=1)`` returns the gradient of ``gy * loss`` with respect to
     the logits, ``(softmax - onehot) / N * gy``, without building any
     Jacobian. ``gy`` may be a 0-d array, so no host sync is needed.
+
+    Index labels go through :func:`xpgrad.backend.get_ops` (one fused kernel
+    each way on the GPU); soft targets through the generic code. ``forward``
+    records which of the two ran, with the functions that run its backward.
     """
 
     def forward(self, x, t):
-        xp = get_array_module(x, t)
+        get_array_module(x, t)  # the same device, or DeviceError
         if x.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy expects (N, C) logits, got shape {x.shape}")
-        n = x.shape[0]
-        if t.ndim == 1 and t.dtype.kind in "iu":
-            if t.shape[0] != n:
-                raise ValueError(f"got {n} rows of logits but {t.shape[0]} labels")
-            if xp is backend.numpy and n and _labels_out_of_range(t, x.shape[1]):
-                raise ValueError(f"labels must lie in [0, {x.shape[1]}); got [{t.min()}, {t.max()}]")
-            if _use_fused(xp):
-                loss, lse = kernels.softmax_cross_entropy_forward(x, t)
-                self.mem = {"x": x, "t": t, "lse": lse}
-                return loss
-            # Keep exp(x - max) and its row sums: the backward pass is
-            # exp(x - max) / sum - onehot, so it needs no exp of its own.
-            m = _row_max(xp, x)
-            e = x - m[:, None]
-            xp.exp(e, out=e)
-            s = _row_sum(xp, e)
-            loss = (m + xp.log(s) - _pick(xp, x, t)).sum() / n
-            self.mem = {"x": x, "t": t, "exp": e, "expsum": s}
-            return xp.asarray(loss, dtype=x.dtype)
+        if generic.is_index_labels(t):
+            ops = get_ops(get_array_module(x))
+            loss, cache = ops.softmax_cross_entropy_forward(x, t)
+            backward = ops.softmax_cross_entropy_backward
         elif t.shape == x.shape:
-            lse = _logsumexp(xp, x)[:, 0]
-            loss = -(t * (x - lse[:, None])).sum() / n
+            loss, cache = generic.soft_cross_entropy_forward(x, t)
+            backward = generic.soft_cross_entropy_backward
         else:
+            n = x.shape[0]
             raise ValueError(
                 f"labels must be integer class indices of shape ({n},) or targets of shape {x.shape}; "
                 f"got {t.dtype} {t.shape}"
             )
-        self.mem = {"x": x, "t": t, "lse": lse}
-        return xp.asarray(loss, dtype=x.dtype)
+        self.mem = {"x": x, "t": t, "cache": cache, "backward": backward}
+        return loss
 
     def backward(self, gy=None):
-        x, t, lse = self.mem["x"], self.mem["t"], self.mem.get("lse")
-        xp = get_array_module(x)
-        n = x.shape[0]
-        if t.ndim == 1:
-            if "exp" not in self.mem:  # the fused forward ran
-                g = xp.ones((), dtype=x.dtype) if gy is None else xp.asarray(gy, dtype=x.dtype)
-                return kernels.softmax_cross_entropy_backward(x, t, self.mem["lse"], g)
-            # (softmax - onehot) * scale, as exp * (scale / sum) with scale
-            # subtracted at each row's label: two passes over (N, C) and a scatter.
-            scale = xp.asarray(1.0 / n if gy is None else gy / n, dtype=x.dtype)
-            gx = self.mem["exp"] * (scale / self.mem["expsum"])[:, None]
-            gx.reshape(-1)[xp.arange(0, n * x.shape[1], x.shape[1]) + t] -= scale
-            return gx
-        else:
-            gx = xp.exp(x - lse[:, None]) * t.sum(axis=1, keepdims=True) - t
-        scale = 1.0 / n if gy is None else gy / n
-        gx *= xp.asarray(scale, dtype=x.dtype)
-        return gx
+        m = self.mem
+        return m["backward"](m["x"], m["t"], m["cache"], gy)

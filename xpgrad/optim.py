@@ -1,8 +1,9 @@
 """Optimizers that update parameters in place: SGD, momentum SGD and Adam.
 
-On the GPU each update is one fused kernel per parameter (from
-:mod:`xpgrad.kernels`); on the CPU it is a few in-place NumPy operations with
-preallocated scratch, so a step allocates nothing. Semantics follow PyTorch's
+Each update is one function of :func:`xpgrad.backend.get_ops`: on the GPU a
+fused kernel per parameter (:mod:`xpgrad.kernels`), on the CPU a few in-place
+operations (:mod:`xpgrad.generic`) through preallocated scratch, so a step
+allocates nothing. Semantics follow PyTorch's
 ``torch.optim`` (momentum: ``v = mu*v + g; p -= lr*v``; Adam with bias
 correction), so results can be compared one to one.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import numpy
 
-from . import backend, kernels
-from .backend import get_array_module
+from . import backend
+from .backend import get_array_module, get_ops
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -37,17 +38,15 @@ class Optimizer:
     def step(self, grads: dict) -> None:
         """Apply one update from ``grads`` (same names and shapes as the parameters)."""
         self.step_count += 1
-        # Parameters live on one device: decide the path once per step.
-        xp = get_array_module(*self.params.values(), *grads.values())
-        if xp is not numpy and backend.fused_enabled():
-            for name, p in self.params.items():
-                self._fused(name, p, grads[name])
-        else:
-            for name, p in self.params.items():
-                self._generic(xp, name, p, grads[name])
+        # Parameters live on one device: pick the implementation once per step.
+        ops = get_ops(get_array_module(*self.params.values(), *grads.values()))
+        for name, p in self.params.items():
+            state = [self.state[s][name] for s in self.state_names]
+            self._update(ops, p, grads[name], *state, work=self._scratch[name])
 
-    def _state(self, name):
-        return [self.state[s][name] for s in self.state_names]
+    def _update(self, ops, p, g, *state, work):
+        """One parameter's update through ``ops`` (xpgrad.kernels or xpgrad.generic)."""
+        raise NotImplementedError
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -77,13 +76,8 @@ def _zeros_like(p):
 class SGD(Optimizer):
     """Plain gradient descent, the notebook's: ``p -= lr * g``."""
 
-    def _fused(self, name, p, g):
-        kernels.sgd_update(p, g, self.lr)
-
-    def _generic(self, xp, name, p, g):
-        tmp = self._scratch[name]
-        xp.multiply(g, self.lr, out=tmp)
-        p -= tmp
+    def _update(self, ops, p, g, *, work):
+        ops.sgd_update(p, g, self.lr, work=work)
 
 
 class MomentumSGD(Optimizer):
@@ -97,16 +91,8 @@ class MomentumSGD(Optimizer):
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         self.momentum = float(momentum)
 
-    def _fused(self, name, p, g):
-        kernels.momentum_update(p, g, self.state["velocity"][name], self.lr, self.momentum)
-
-    def _generic(self, xp, name, p, g):
-        (v,) = self._state(name)
-        v *= self.momentum
-        v += g
-        tmp = self._scratch[name]
-        xp.multiply(v, self.lr, out=tmp)
-        p -= tmp
+    def _update(self, ops, p, g, v, *, work):
+        ops.momentum_update(p, g, v, self.lr, self.momentum, work=work)
 
 
 class Adam(Optimizer):
@@ -118,28 +104,8 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    def _fused(self, name, p, g):
-        m, v = self._state(name)
-        kernels.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count)
-
-    def _generic(self, xp, name, p, g):
-        m, v = self._state(name)
-        tmp = self._scratch[name]
-        b1, b2, t = self.beta1, self.beta2, self.step_count
-        m *= b1
-        xp.multiply(g, 1 - b1, out=tmp)
-        m += tmp
-        v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v += tmp
-        # p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), in two scratch passes
-        xp.multiply(v, 1.0 / (1 - b2**t), out=tmp)
-        xp.sqrt(tmp, out=tmp)
-        tmp += self.eps
-        xp.divide(m, tmp, out=tmp)
-        tmp *= self.lr / (1 - b1**t)
-        p -= tmp
+    def _update(self, ops, p, g, m, v, *, work):
+        ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count, work=work)
 
 
 def make_optimizer(name: str, params: dict, lr: float, **kwargs) -> Optimizer:

@@ -1,0 +1,314 @@
+"""The array core: the one package in xpgrad that imports CuPy.
+
+Everything else asks this package for ``xp`` (NumPy or CuPy), for devices,
+and for the implementation of the hot-path functions (:func:`get_ops`), so
+code is written once against ``xp`` and runs on either backend.
+:mod:`xpgrad.backend.graph` holds the capture-safe matrix product and CUDA
+graph capture.
+
+Two facts about CuPy are kept apart, because they need different fixes:
+
+* CuPy is not installed (``pip install 'xpgrad[cuda12]'``);
+* CuPy is installed but no GPU or driver is usable (check ``nvidia-smi``, the
+  driver version, or ``docker run --gpus all``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+
+import numpy
+
+from ..errors import DeviceError, one_line
+
+try:  # pragma: no cover - depends on the machine
+    import cupy
+
+    _CUPY_IMPORT_ERROR: Exception | None = None
+except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+    cupy = None
+    _CUPY_IMPORT_ERROR = exc
+
+#: Set ``XPGRAD_FUSED=0`` to run the generic ``xp`` code on the GPU instead of
+#: the fused kernels, so both can be compared on the same device. Read once,
+#: at import; :func:`set_fused` and :func:`use_fused` change it afterwards.
+FUSED_ENV = "XPGRAD_FUSED"
+
+_INSTALL_HINT = "pip install 'xpgrad[cuda12]' (CUDA 12 driver) or 'xpgrad[cuda13]' (CUDA 13 driver)"
+
+
+# ---------------------------------------------------------------------------
+# What is available
+
+
+def cupy_installed() -> bool:
+    """True when ``import cupy`` succeeded."""
+    return cupy is not None
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> tuple[bool, str]:
+    """Whether a CUDA GPU is usable through CuPy, and if not, why (one line).
+
+    The answer is cached: the set of GPUs does not change while a process runs.
+    """
+    if cupy is None:
+        return False, f"CuPy is not installed ({_CUPY_IMPORT_ERROR}); install it with {_INSTALL_HINT}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, no device
+        return False, (
+            f"CuPy {cupy.__version__} is installed but CUDA is not usable ({one_line(exc)}); "
+            "check that an NVIDIA driver is loaded (nvidia-smi), that it is new enough for this CuPy, "
+            "and in Docker that the container was started with --gpus all"
+        )
+    if count == 0:
+        return False, (
+            f"CuPy {cupy.__version__} is installed but no CUDA GPU is visible; "
+            "check nvidia-smi and CUDA_VISIBLE_DEVICES, and in Docker use --gpus all"
+        )
+    return True, f"{count} CUDA GPU(s) visible to CuPy {cupy.__version__}"
+
+
+def gpu_available() -> bool:
+    """True when at least one CUDA GPU can be used through CuPy."""
+    return gpu_status()[0]
+
+
+# ---------------------------------------------------------------------------
+# Fused or generic: the one place the choice is made
+
+
+def _fused_from_env() -> bool:
+    return os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_fused = _fused_from_env()
+_ops_modules = {}  # "kernels" / "generic" -> the module, imported on first use
+
+
+def fused_enabled() -> bool:
+    """Whether GPU arrays go through the fused CuPy kernels (default) or the generic ``xp`` code."""
+    return _fused
+
+
+def set_fused(enabled: bool) -> bool:
+    """Switch the fused kernels on or off for this process; returns the previous setting."""
+    global _fused
+    previous, _fused = _fused, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool):
+    """``with use_fused(False): ...`` runs the block with the generic code, then restores the switch."""
+    previous = set_fused(enabled)
+    try:
+        yield
+    finally:
+        set_fused(previous)
+
+
+def get_ops(xp):
+    """The module that implements the hot-path functions for arrays of ``xp``.
+
+    :mod:`xpgrad.kernels` (fused CUDA kernels) for CuPy while the fused switch
+    is on, else :mod:`xpgrad.generic` (the same functions, names and
+    signatures, written once against ``xp``). Ops and optimizers call the
+    functions of whichever module this returns, as thinc's ``get_ops`` picks
+    an ``Ops`` class.
+    """
+    name = "kernels" if _fused and xp is not numpy else "generic"
+    module = _ops_modules.get(name)
+    if module is None:  # imported here: both modules build on this package
+        import importlib  # noqa: PLC0415
+
+        module = _ops_modules[name] = importlib.import_module(f"xpgrad.{name}")
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Arrays and their module
+
+
+def is_cupy_array(a) -> bool:
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def _describe(a) -> str:
+    if is_cupy_array(a):
+        return f"cuda:{a.device.id}"
+    return "cpu"
+
+
+def get_array_module(*arrays):
+    """Return ``numpy`` or ``cupy`` according to the arrays' types.
+
+    Non-array arguments (Python scalars, None) are ignored. Mixing host and
+    device arrays raises :class:`DeviceError` naming both devices, instead of
+    silently copying.
+    """
+    # Every op calls this several times per training step, so it is one plain
+    # loop with no helper calls (a few hundred ns for 2-3 arrays).
+    cupy_array = None if cupy is None else cupy.ndarray
+    first = host = device = None
+    for a in arrays:
+        if cupy_array is not None and isinstance(a, cupy_array):
+            device = a
+        elif isinstance(a, (numpy.ndarray, numpy.generic)):
+            host = a
+        else:
+            continue
+        if first is None:
+            first = a
+    if device is None:
+        return numpy
+    if host is not None:
+        other = host if first is device else device
+        raise DeviceError(
+            f"arrays live on different devices ({_describe(first)} and {_describe(other)}); "
+            "move them to one device first with xpgrad.backend.to_device"
+        )
+    return cupy
+
+
+# ---------------------------------------------------------------------------
+# Devices
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+class Device:
+    """A place arrays live: the CPU (NumPy) or one CUDA GPU (CuPy).
+
+    Use it as a context manager to make a GPU current while allocating.
+    """
+
+    def __init__(self, kind: str, index: int | None = None):
+        self.kind = kind
+        self.index = index
+
+    @property
+    def xp(self):
+        return cupy if self.kind == "cuda" else numpy
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"Device('{self}')"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Device) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __enter__(self):
+        if self.is_gpu:
+            self._ctx = cupy.cuda.Device(self.index)
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.is_gpu:
+            self._ctx.__exit__(*exc)
+        return False
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (no-op on the CPU). Used by timing code only."""
+        if self.is_gpu:
+            cupy.cuda.Device(self.index).synchronize()
+
+    def name(self) -> str:
+        """A human name: the GPU's model, or 'cpu'."""
+        if not self.is_gpu:
+            return "cpu"
+        props = cupy.cuda.runtime.getDeviceProperties(self.index)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+
+CPU = Device("cpu")
+
+
+def get_device(name: str | Device = "cpu") -> Device:
+    """Parse ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` into a usable :class:`Device`.
+
+    ``"auto"`` picks ``cuda:0`` when a GPU is usable and the CPU otherwise.
+    Asking for a GPU that cannot be used raises :class:`DeviceError` with a
+    one-line reason (CuPy missing, or CuPy present but no usable GPU/driver).
+    """
+    if isinstance(name, Device):
+        return name
+    text = str(name).strip().lower()
+    if text == "auto":
+        return Device("cuda", 0) if gpu_available() else CPU
+    match = _DEVICE_RE.match(text)
+    if not match:
+        raise DeviceError(f"unknown device {name!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index is not None:
+            raise DeviceError(f"unknown device {name!r}; the CPU takes no index, use 'cpu'")
+        return CPU
+    ok, reason = gpu_status()
+    if not ok:
+        raise DeviceError(f"cannot use device {name!r}: {reason}")
+    index = int(index or 0)
+    count = cupy.cuda.runtime.getDeviceCount()
+    if index >= count:
+        raise DeviceError(f"cannot use device {name!r}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})")
+    return Device("cuda", index)
+
+
+def device_of(a) -> Device:
+    """The device an array lives on."""
+    if is_cupy_array(a):
+        return Device("cuda", a.device.id)
+    return CPU
+
+
+def to_numpy(a):
+    """Return ``a`` as a NumPy array (copying from the GPU if needed)."""
+    if is_cupy_array(a):
+        return cupy.asnumpy(a)
+    return numpy.asarray(a)
+
+
+def to_device(a, device: str | Device = "cpu"):
+    """Return ``a`` on ``device`` (no copy when it is already there)."""
+    device = get_device(device)
+    if not device.is_gpu:
+        return to_numpy(a)
+    with cupy.cuda.Device(device.index):
+        return cupy.asarray(a)
+
+
+# ---------------------------------------------------------------------------
+# Kernels: built here so that kernel modules never import CuPy themselves.
+
+
+def elementwise_kernel(in_params: str, out_params: str, operation: str, name: str, **kwargs):
+    """Build a ``cupy.ElementwiseKernel`` (CuPy compiles it on first call per dtype)."""
+    require_cupy()
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
+
+
+def require_cupy() -> None:
+    """Raise :class:`DeviceError` saying how to install CuPy when it is missing."""
+    if cupy is None:
+        raise DeviceError(f"CuPy is not installed; install it with {_INSTALL_HINT}")
+
+
+# The capture-safe matrix product and CUDA-graph capture (they need the names above).
+from .graph import capture_graph, cublas_gemm, matmul  # noqa: E402,F401
+
+

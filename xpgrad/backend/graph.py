@@ -1,0 +1,131 @@
+"""Matrix products that work while a CUDA graph is being recorded, and the recording itself.
+
+CuPy refuses every cuBLAS call while a stream is being captured into a CUDA
+graph (NotImplementedError: "calling cuBLAS API during stream capture is
+currently unsupported"; cupy/cupy#6290), its low-level cuBLAS wrappers
+included, although cuBLAS's gemm itself can be captured. So while
+:func:`capture_graph` records, :func:`matmul` calls cuBLAS's C API directly
+(ctypes, on the library CuPy has already loaded) with CuPy's own handle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy
+
+from . import cupy, require_cupy
+
+_capture_handle = None  # CuPy's cuBLAS handle while capture_graph() records, else None
+_CUBLAS_OP_N, _CUBLAS_OP_T, _CUBLAS_POINTER_MODE_HOST = 0, 1, 0
+
+
+def matmul(xp, a, b, out=None):
+    """``xp.matmul(a, b, out=out)``, which also works inside :func:`capture_graph`."""
+    if _capture_handle is None or xp is numpy:
+        return xp.matmul(a, b, out=out)
+    return cublas_gemm(a, b, out, handle=_capture_handle)
+
+
+@functools.lru_cache(maxsize=1)
+def _libcublas():
+    """cuBLAS's shared library, as CuPy loaded it (dlopen by soname finds the loaded copy)."""
+    cupy.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    lib = ctypes.CDLL(f"libcublas.so.{major}")
+    c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
+    for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+        getattr(lib, name).argtypes = [c_void_p, c_int, c_int, c_int, c_int, c_int, c_void_p, c_void_p,
+                                       c_int, c_void_p, c_int, c_void_p, c_void_p, c_int]
+    lib.cublasSetStream_v2.argtypes = [c_void_p, c_void_p]
+    lib.cublasSetPointerMode_v2.argtypes = [c_void_p, c_int]
+    lib.cublasGetPointerMode_v2.argtypes = [c_void_p, ctypes.POINTER(c_int)]
+    return lib
+
+
+def _cublas_check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+
+def cublas_gemm(a, b, out=None, *, handle=None):
+    """``a @ b`` for 2-D (or 2-D by 1-D) float32/float64 CuPy arrays, by one cuBLAS gemm call.
+
+    cuBLAS is column-major: a C-ordered (r, c) array is its (c, r) transpose
+    there, so the row-major product ``C = A @ B`` is computed as
+    ``C^T = B^T A^T``; an operand that is a transposed view (F-ordered) is
+    passed with the transpose flag instead of being copied.
+    """
+    if b.ndim == 1:
+        return cublas_gemm(a, b[:, None], None if out is None else out[:, None], handle=handle)[:, 0]
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"cublas_gemm needs (m, k) @ (k, n) arrays, got {a.shape} @ {b.shape}")
+    if a.dtype != b.dtype or a.dtype.type not in (numpy.float32, numpy.float64):
+        raise TypeError(f"cublas_gemm needs two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = cupy.empty((m, n), dtype=a.dtype)
+    elif out.shape != (m, n) or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {a.dtype} array of shape {(m, n)}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+
+    def operand(x):  # (array, transpose flag, leading dimension) in cuBLAS's column-major terms
+        if x.flags.c_contiguous:
+            return x, _CUBLAS_OP_N, x.shape[1]
+        if x.flags.f_contiguous:
+            return x, _CUBLAS_OP_T, x.shape[0]
+        x = cupy.ascontiguousarray(x)
+        return x, _CUBLAS_OP_N, x.shape[1]
+
+    a, op_a, lda = operand(a)
+    b, op_b, ldb = operand(b)
+    lib = _libcublas()
+    handle = cupy.cuda.device.get_cublas_handle() if handle is None else handle
+    # Host scalars, read when the call is made (and so baked into a captured graph).
+    one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)
+    gemm = lib.cublasSgemm_v2 if a.dtype.type is numpy.float32 else lib.cublasDgemm_v2
+    _cublas_check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
+    _cublas_check(lib.cublasSetPointerMode_v2(handle, _CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode")
+    _cublas_check(gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+                       zero.ctypes.data, out.data.ptr, n), "cublas gemm")
+    return out
+
+
+def capture_graph(fn, stream):
+    """Record ``fn()`` on ``stream`` (a non-blocking CuPy stream) as a CUDA graph and return it.
+
+    Nothing runs while recording; ``graph.launch(stream)`` replays the work.
+    Run ``fn`` eagerly on the same stream first, so that kernels are compiled
+    and the memory pool already holds every block ``fn`` allocates: a capture
+    cannot allocate device memory or copy to or from the host.
+    """
+    global _capture_handle
+    require_cupy()
+    lib = _libcublas()
+    handle = cupy.cuda.device.get_cublas_handle()
+    mode = ctypes.c_int()
+    _cublas_check(lib.cublasGetPointerMode_v2(handle, ctypes.byref(mode)), "cublasGetPointerMode")
+    try:
+        with stream:
+            stream.begin_capture()
+            _capture_handle = handle
+            try:
+                fn()
+            except BaseException:
+                _capture_handle = None
+                try:  # end the broken capture so the stream stays usable; report fn's error
+                    stream.end_capture()
+                except Exception:
+                    pass
+                raise
+            _capture_handle = None
+            return stream.end_capture()
+    finally:
+        _capture_handle = None
+        lib.cublasSetPointerMode_v2(handle, mode.value)  # as CuPy had it

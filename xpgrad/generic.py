@@ -1,0 +1,232 @@
+"""The hot-path functions written once against ``xp``: the CPU code, and the reference for the kernels.
+
+Every public function here has a twin of the same name and signature in
+:mod:`xpgrad.kernels`, a fused CUDA kernel; :func:`xpgrad.backend.get_ops`
+picks one of the two modules, and tests check that both compute the same
+thing. Read the two files side by side to compare each formula.
+
+The twins:
+
+============================  ==================================================
+function                      what it computes
+============================  ==================================================
+relu_backward                 ``gy`` where ``x > 0``, else 0
+log_softmax_forward           ``x - logsumexp(x)`` per row
+log_softmax_backward          ``gy - exp(y) * sum_row(gy)``
+softmax_cross_entropy_*       mean ``logsumexp(x) - x[label]``, and its gradient
+sgd_update                    ``p -= lr * g``
+momentum_update               ``v = mu * v + g; p -= lr * v``
+adam_update                   Adam with bias correction (PyTorch's)
+============================  ==================================================
+
+The row helpers (:func:`row_max`, :func:`row_sum`, :func:`logsumexp`) and the
+soft-target cross-entropy are generic only: no kernel replaces them.
+
+Speed on the CPU: at training shapes, (128, 10), NumPy's reductions over a
+short last axis cost far more than the arithmetic: ``x.max(axis=1)`` takes
+~17 us and ``x.sum(axis=1)`` ~9 us, against ~4 us for ``argmax`` plus a flat
+``take`` and ~3 us for a BLAS matrix-vector product with a vector of ones.
+The row helpers compute the same values (up to the order of a sum) that way.
+The updates write through a ``work`` array (scratch of the parameter's shape)
+when given, so an optimizer step allocates nothing.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from .backend import get_array_module
+from .backend.graph import matmul
+
+# ---------------------------------------------------------------------------
+# Argument checks, shared with xpgrad.kernels
+
+
+def check_rows(x) -> tuple[int, int]:
+    """(N, C) of a 2-d array of rows with C >= 1, or ValueError."""
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError(f"expected a 2-d (N, C) array with C >= 1, got shape {x.shape}")
+    return x.shape
+
+
+def is_index_labels(t) -> bool:
+    """Whether ``t`` holds integer class indices (one per row), rather than target probabilities."""
+    return t.ndim == 1 and t.dtype.kind in "iu"
+
+
+def check_labels(x, t) -> tuple[int, int]:
+    """(N, C) of logits ``x``, after checking that ``t`` is N integer labels in [0, C).
+
+    The range is checked on the host only: on a GPU it would cost a sync every
+    step, so there a label out of range gives a NaN loss instead.
+    """
+    n, c = check_rows(x)
+    if not is_index_labels(t):
+        raise ValueError(f"labels must be integers of shape ({n},), got {t.dtype} {t.shape}")
+    if t.shape[0] != n:
+        raise ValueError(f"got {n} rows of logits but {t.shape[0]} labels")
+    if n and get_array_module(t) is numpy and _labels_out_of_range(t, c):
+        raise ValueError(f"labels must lie in [0, {c}); got [{t.min()}, {t.max()}]")
+    return n, c
+
+
+def _labels_out_of_range(t, c: int) -> bool:
+    """Whether any integer label lies outside [0, c), in one reduction: viewed as
+    unsigned, a negative label becomes huge, so ``max >= c`` catches both ends."""
+    if t.dtype.kind == "i":
+        t = t.view(f"u{t.dtype.itemsize}")
+    return bool(t.max() >= c)
+
+
+# ---------------------------------------------------------------------------
+# Row helpers for (N, C) arrays
+
+
+def pick(x, cols):
+    """``x[i, cols[i]]`` for every row ``i``: one flat take (NumPy's ``x[arange(n), cols]`` is slower)."""
+    xp = get_array_module(x, cols)
+    n, c = x.shape
+    return x.reshape(-1).take(xp.arange(0, n * c, c) + cols)
+
+
+def row_max(x):
+    """Per-row max of an (N, C) array, shape (N,); NaN wherever a row holds one, as ``max``."""
+    return pick(x, x.argmax(axis=1))
+
+
+def row_sum(x):
+    """Per-row sum of an (N, C) array, shape (N,), as a matrix-vector product with ones."""
+    xp = get_array_module(x)
+    return matmul(xp, x, xp.ones(x.shape[1], dtype=x.dtype))
+
+
+def logsumexp(x):
+    """Stable per-row log-sum-exp of an (N, C) array, shape (N, 1)."""
+    xp = get_array_module(x)
+    m = row_max(x)[:, None]
+    e = x - m
+    xp.exp(e, out=e)
+    return m + xp.log(row_sum(e))[:, None]
+
+
+# ---------------------------------------------------------------------------
+# The twins of xpgrad.kernels
+
+
+def relu_backward(x, gy, out=None):
+    """Gradient of ReLU: ``gy`` where ``x > 0``, else 0; into ``out`` when given (``out=gy`` is allowed)."""
+    # A multiply by the boolean mask keeps gy's dtype and, in NumPy, runs
+    # about 4x faster than xp.where(x > 0, gy, 0) at training shapes.
+    return get_array_module(x, gy).multiply(gy, x > 0, out=out)
+
+
+def log_softmax_forward(x):
+    """Row-wise log-softmax of (N, C) logits: ``x - logsumexp(x, axis=1)``, computed stably."""
+    check_rows(x)
+    return x - logsumexp(x)
+
+
+def log_softmax_backward(y, gy):
+    """Gradient of log-softmax from its (N, C) output y: ``gy - exp(y) * gy.sum(axis=1)``."""
+    xp = get_array_module(y, gy)
+    gx = xp.exp(y)
+    gx *= row_sum(gy)[:, None]
+    return xp.subtract(gy, gx, out=gx)
+
+
+def softmax_cross_entropy_forward(x, t):
+    """Mean softmax cross-entropy of (N, C) logits x against (N,) integer labels t.
+
+    Returns ``(loss, cache)``: loss is 0-d with x's dtype; cache is what
+    :func:`softmax_cross_entropy_backward` needs (here ``exp(x - max)`` and
+    its row sums, so the backward pass needs no exp of its own).
+    """
+    xp = get_array_module(x, t)
+    n, _ = check_labels(x, t)
+    m = row_max(x)
+    e = x - m[:, None]
+    xp.exp(e, out=e)
+    s = row_sum(e)
+    loss = (m + xp.log(s) - pick(x, t)).sum() / n
+    return xp.asarray(loss, dtype=x.dtype), (e, s)
+
+
+def softmax_cross_entropy_backward(x, t, cache, gloss=None):
+    """Gradient of ``gloss * loss`` w.r.t. the (N, C) logits: ``(softmax(x) - onehot(t)) * gloss / N``.
+
+    ``cache`` comes from :func:`softmax_cross_entropy_forward`; ``gloss`` (a
+    number or 0-d array, default 1) is the upstream gradient.
+    """
+    xp = get_array_module(x, t)
+    n, c = x.shape
+    e, s = cache
+    # (softmax - onehot) * scale, as exp * (scale / sum) with scale
+    # subtracted at each row's label: two passes over (N, C) and a scatter.
+    scale = xp.asarray(1.0 / n if gloss is None else gloss / n, dtype=x.dtype)
+    gx = e * (scale / s)[:, None]
+    gx.reshape(-1)[xp.arange(0, n * c, c) + t] -= scale
+    return gx
+
+
+def sgd_update(param, grad, lr, work=None):
+    """In place: ``param -= lr * grad`` (same shapes); ``work`` is scratch of param's shape."""
+    xp = get_array_module(param, grad)
+    work = xp.multiply(grad, lr, out=work)
+    param -= work
+
+
+def momentum_update(param, grad, velocity, lr, momentum, work=None):
+    """In place, PyTorch semantics: ``velocity = momentum * velocity + grad; param -= lr * velocity``."""
+    xp = get_array_module(param, grad)
+    velocity *= momentum
+    velocity += grad
+    work = xp.multiply(velocity, lr, out=work)
+    param -= work
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, work=None):
+    """In place Adam step (PyTorch semantics, with bias correction) for step = 1, 2, ...
+
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+    param -= lr * (m / (1 - b1**step)) / (sqrt(v / (1 - b2**step)) + eps)``.
+    """
+    xp = get_array_module(param, grad)
+    if step < 1:
+        raise ValueError(f"Adam step counts from 1, got {step}")
+    work = xp.empty_like(param) if work is None else work
+    m *= beta1
+    xp.multiply(grad, 1 - beta1, out=work)
+    m += work
+    v *= beta2
+    xp.multiply(grad, grad, out=work)
+    work *= 1 - beta2
+    v += work
+    # param -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), in two scratch passes
+    xp.multiply(v, 1.0 / (1 - beta2**step), out=work)
+    xp.sqrt(work, out=work)
+    work += eps
+    xp.divide(m, work, out=work)
+    work *= lr / (1 - beta1**step)
+    param -= work
+
+
+# ---------------------------------------------------------------------------
+# Soft targets: generic only
+
+
+def soft_cross_entropy_forward(x, t):
+    """Mean cross-entropy of (N, C) logits against (N, C) target probabilities; ``(loss, lse)``."""
+    xp = get_array_module(x, t)
+    n, _ = check_rows(x)
+    lse = logsumexp(x)[:, 0]
+    loss = -(t * (x - lse[:, None])).sum() / n
+    return xp.asarray(loss, dtype=x.dtype), lse
+
+
+def soft_cross_entropy_backward(x, t, lse, gloss=None):
+    """Gradient w.r.t. the logits: ``(softmax(x) * sum_row(t) - t) * gloss / N``."""
+    xp = get_array_module(x, t)
+    n = x.shape[0]
+    gx = xp.exp(x - lse[:, None]) * t.sum(axis=1, keepdims=True) - t
+    gx *= xp.asarray(1.0 / n if gloss is None else gloss / n, dtype=x.dtype)
+    return gx
