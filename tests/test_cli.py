@@ -77,6 +77,9 @@ def fashion_copy(tmp_path):
     (["--lr", "fast"], "expected a number"),
     (["--lr", "nan"], "must be a positive number"),
     (["--seed", "-1"], "must not be negative"),
+    (["--hidden", "0"], "must be at least 1"),
+    (["--hidden", "100,,10"], "expected widths separated by commas"),
+    (["--hidden", "wide"], "expected a whole number"),
 ])
 def test_bad_option_values(tmp_path, args, fragment):
     assert_user_error(xpgrad("train", *args, tmp_path=tmp_path), fragment, code=2)

@@ -1,5 +1,6 @@
 """The training loop, checkpoints and bit-exact resume, on small synthetic data."""
 
+import math
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from xpgrad import backend
 from xpgrad.checkpoint import load_checkpoint
 from xpgrad.data import Dataset
-from xpgrad.errors import CheckpointError, DivergenceError
+from xpgrad.errors import CheckpointError, DivergenceError, XpgradError
 from xpgrad.files import atomic_write
 from xpgrad.model import MLP
 from xpgrad.training import Config, Trainer, read_metrics, run
@@ -162,6 +163,19 @@ def test_divergence_stops_before_writing_a_bad_checkpoint(tmp_path):
     with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="diverged"):
         run(trainer, str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_hidden_widths_shape_the_model():
+    trainer = Trainer(small_config(epochs=1, hidden=(16, 8)), synthetic_dataset(n_train=100, n_test=20), progress=False)
+    assert [trainer.model.params[f"W{i}"].shape for i in (1, 2, 3)] == [(784, 16), (16, 8), (8, 10)]
+    stats = trainer.train_epoch()
+    assert math.isfinite(stats["train_loss"])
+
+
+@pytest.mark.parametrize("hidden", [(), (0,), (10, -1)])
+def test_bad_hidden_widths_are_refused(hidden):
+    with pytest.raises(XpgradError, match="--hidden must be one or more positive widths"):
+        small_config(hidden=hidden)
 
 
 def test_notebook_recipe_is_the_notebooks_model():

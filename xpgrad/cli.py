@@ -49,6 +49,14 @@ def _batch_size(text):
     return _positive_int(text)
 
 
+def _hidden(text):
+    """``100`` or ``1024,1024``: the hidden layers' widths, input to output."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected widths separated by commas, like 100 or 1024,1024; got {text!r}")
+    return tuple(_positive_int(p) for p in parts)
+
+
 def _positive_float(text):
     try:
         value = float(text)
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     train.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
     train.add_argument("--dtype", choices=DTYPES, default=None)
+    train.add_argument("--hidden", type=_hidden, default=None, metavar="W[,W...]",
+                       help="hidden layer widths, e.g. 1024,1024 (default: 100)")
     train.add_argument("--seed", type=_non_negative_int, default=None, help="default: 0")
     train.add_argument("--recipe", choices=list(RECIPES), default=None,
                        help="default: a modern recipe (Adam, He init); 'notebook' reproduces the notebook")
@@ -126,7 +136,7 @@ def main(argv=None) -> int:
 
 # Options that define a run: a resumed run keeps the checkpoint's, and may
 # change only --epochs (and where it runs: --device, --out, --data-dir).
-_RUN_OPTIONS = ("dataset", "batch_size", "optimizer", "lr", "dtype", "seed")
+_RUN_OPTIONS = ("dataset", "batch_size", "optimizer", "lr", "dtype", "seed", "hidden")
 _FIXED_ON_RESUME = (*_RUN_OPTIONS, "recipe")
 
 
@@ -146,12 +156,18 @@ def _resume_config(args, checkpoint):
         if given is not None and given != getattr(config, name):
             flag = "--" + name.replace("_", "-")
             raise XpgradError(
-                f"{flag} {given} conflicts with the checkpoint, which was trained with {flag} {getattr(config, name)}; "
+                f"{flag} {_words(given)} conflicts with the checkpoint, which was trained with "
+                f"{flag} {_words(getattr(config, name))}; "
                 f"drop {flag} to resume, or start a new run without --resume"
             )
     if args.epochs is not None:
         config.epochs = args.epochs
     return config
+
+
+def _words(value) -> str:
+    """An option's value as it is typed: 1024,1024 for a tuple of widths."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def cmd_train(args) -> int:

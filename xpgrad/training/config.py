@@ -77,3 +77,5 @@ class Config:
             raise XpgradError(f"--batch-size must be positive (or 0 for the full batch), got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise XpgradError(f"--lr must be a positive number, got {self.lr}")
+        if not self.hidden or not all(isinstance(w, int) and w >= 1 for w in self.hidden):
+            raise XpgradError(f"--hidden must be one or more positive widths, like 100 or 1024,1024; got {self.hidden}")
