@@ -96,6 +96,7 @@ class Linear(Module):
             if bias else None
 
     def forward(self, x):
+        """(N, out_features) from (N, in_features)."""
         x = as_tensor(x)
         if self.bias is None:
             return functions.Linear()(x, self.weight)
@@ -109,6 +110,7 @@ class ReLU(Module):
     """``max(x, 0)`` elementwise; no parameters."""
 
     def forward(self, x):
+        """``max(x, 0)``, x of any shape."""
         return functions.Relu()(as_tensor(x))
 
     def __repr__(self) -> str:
@@ -129,6 +131,7 @@ class Sequential(Module):
         return ((str(i), m) for i, m in enumerate(self.layers))
 
     def forward(self, x):
+        """The last module's output."""
         for m in self.layers:
             x = m(x)
         return x

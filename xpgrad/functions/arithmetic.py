@@ -32,6 +32,10 @@ def _fit(g, x):
 
 
 class _Binary(Function):
+    """``a (op) b`` for two arrays that broadcast: subclasses give ``compute(a, b)`` and
+    ``grad_a(gy)``, ``grad_b(gy)`` in the broadcast shape, which are then summed back to each
+    operand's shape. An operand that needs no gradient gets none computed."""
+
     __slots__ = ("a", "b")
 
     def forward(self, a, b):
@@ -109,6 +113,8 @@ class Div(_Binary):
 
 
 class _Scalar(Function):
+    """An operation between a tensor and the number ``c``."""
+
     __slots__ = ("c", "x", "y")
 
     def __init__(self, c):
