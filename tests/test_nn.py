@@ -90,6 +90,16 @@ def test_linear_init_dtype_and_device():
         layer.to("tpu")
 
 
+def test_without_a_gpu_cuda_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(backend, "gpu_status", lambda: (False, "CuPy is not installed (stand-in reason)"))
+    with pytest.raises(DeviceError, match=r"cannot use device 'cuda': CuPy is not installed \(stand-in reason\)"):
+        nn.Linear(2, 2, device="cuda")
+    with pytest.raises(DeviceError, match="cannot use device 'cuda:1'"):
+        nn.Sequential(nn.Linear(2, 2)).to("cuda:1")
+    with pytest.raises(DeviceError, match="cannot use device"):
+        Tensor(np.ones(2)).to("cuda")
+
+
 def test_module_to_gpu_and_back(gpu_xp):
     model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.ReLU(), nn.Linear(3, 2, rng=1))
     before = [p.data.copy() for p in model.parameters()]

@@ -35,10 +35,9 @@ class Sum(Function):
         return x.sum(axis=self.axis, keepdims=self.keepdims)
 
     def backward(self, gy):
-        xp = get_array_module(gy)
-        if self.axis is not None and not self.keepdims:
-            gy = xp.expand_dims(gy, self.axis)
-        return (xp.broadcast_to(gy, self.shape),)
+        if self.axis is not None and not self.keepdims:  # put the summed axes back, as length 1
+            gy = gy.reshape(tuple(1 if i in self.axis else n for i, n in enumerate(self.shape)))
+        return (get_array_module(gy).broadcast_to(gy, self.shape),)
 
 
 class Mean(Sum):
