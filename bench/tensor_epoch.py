@@ -20,7 +20,7 @@ Run from the repository root::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.tensor_epoch --threads 1
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.tensor_epoch --threads 1 --optimizer adam
-    PYTHONPATH=. python -m bench.tensor_epoch --device cuda   # on a GPU machine
+    PYTHONPATH=. python -m bench.tensor_epoch --device cuda --require-gpu   # on a GPU machine (bench/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -124,8 +124,9 @@ def profile_epoch(tape: TapeEpoch, lines: int = 25) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.splitlines()[0], repeats=7)
+    p = common.gpu_parser(__doc__.splitlines()[0], repeats=7)  # --require-gpu: for --device cuda
     p.add_argument("--data", choices=("auto", "fashion-mnist", "random"), default="auto")
+    p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST files are (default: the usual places)")
     p.add_argument("--optimizer", choices=sorted(LR), default="sgd")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-torch", action="store_true", help="time the trainer and the tape only")
@@ -133,6 +134,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for NumPy's BLAS (via threadpoolctl) and for PyTorch (default: all cores)")
     args = p.parse_args(argv)
+    if args.device != "cpu":
+        code = common.exit_code_without_gpu(args)
+        if code is not None:
+            return code
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=args.threads, user_api="blas"):
@@ -143,7 +148,7 @@ def run(args) -> int:
     common.warn_openblas_pins()
     facts = common.machine_facts(gpu=args.device != "cpu")
     print(f"machine: {common.machine_line(facts)}")
-    dataset = get_dataset(args.data)
+    dataset = get_dataset(args.data, args.data_dir)
     trainer = make_trainer(dataset, args.optimizer, args.device)
     runs = {"trainer": trainer.train_epoch, "tape": TapeEpoch(trainer)}
     if not args.no_torch:
