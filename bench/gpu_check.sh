@@ -73,6 +73,7 @@ run xpgrad-info 60 "$PYTHON" -m xpgrad.cli info --device cuda
 run pytest-gpu 180 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider --durations=10
 bench gpu_kernels gpu_kernels 100
 bench gpu_epoch gpu_epoch 120 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
+bench tensor_epoch tensor_epoch 90 --device cuda --repeats 5 $([ -d "$DATA_DIR" ] && echo --data-dir "$DATA_DIR")
 if [ -d "$DATA_DIR" ]; then
     run train-fashion 90 "$PYTHON" -m xpgrad.cli train --dataset fashion-mnist --device cuda \
         --data-dir "$DATA_DIR" --out "$OUT/train-fashion" --quiet

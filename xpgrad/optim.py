@@ -14,17 +14,24 @@ import numpy
 
 from . import backend
 from .backend import get_array_module, get_ops
+from .tensor import Tensor
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class Optimizer:
-    """Holds references to the parameters (a name -> array dict) and updates them in place."""
+    """Holds references to the parameters and updates them in place.
+
+    ``params`` is a name -> array dict, with ``step(grads)`` given a dict of
+    the same names; or an iterable of Tensors (such as ``model.parameters()``),
+    with ``step()`` reading each one's ``.grad`` and ``zero_grad()`` clearing them.
+    """
 
     #: names of the per-parameter state arrays, e.g. ("velocity",)
     state_names: tuple = ()
 
-    def __init__(self, params: dict, lr: float):
+    def __init__(self, params, lr: float):
+        params, self.tensors = _param_arrays(params)
         if not lr > 0:
             raise ValueError(f"the learning rate must be positive, got {lr}")
         self.params = params
@@ -35,14 +42,21 @@ class Optimizer:
         }
         self._scratch = {k: _zeros_like(p) for k, p in params.items()}
 
-    def step(self, grads: dict) -> None:
-        """Apply one update from ``grads`` (same names and shapes as the parameters)."""
+    def step(self, grads: dict | None = None) -> None:
+        """Apply one update from ``grads`` (same names and shapes as the parameters), or from the Tensors' ``.grad``."""
+        if grads is None:
+            grads = _tensor_grads(self.tensors, self.params)
         self.step_count += 1
         # Parameters live on one device: pick the implementation once per step.
         ops = get_ops(get_array_module(*self.params.values(), *grads.values()))
         for name, p in self.params.items():
             state = [self.state[s][name] for s in self.state_names]
             self._update(ops, p, grads[name], *state, work=self._scratch[name])
+
+    def zero_grad(self) -> None:
+        """Clear the ``.grad`` of every Tensor given to the optimizer (``.grad = None``)."""
+        for t in self.tensors or ():
+            t.grad = None
 
     def _update(self, ops, p, g, *state, work):
         """One parameter's update through ``ops`` (xpgrad.kernels or xpgrad.generic)."""
@@ -67,6 +81,35 @@ class Optimizer:
                     raise ValueError(f"optimizer state {s}/{k} has shape {value.shape}, expected {a.shape}")
                 xp = get_array_module(a)
                 a[...] = xp.asarray(value, dtype=a.dtype)
+
+
+def _param_arrays(params) -> tuple[dict, list | None]:
+    """``(name -> array, tensors)``: a dict passes through (no tensors); Tensors are named "0", "1", ..."""
+    if isinstance(params, dict):
+        return params, None
+    tensors = list(params)
+    if not tensors:
+        raise ValueError("the optimizer got no parameters")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor) or not t.requires_grad or not t.is_leaf:
+            raise TypeError(f"parameter {i} must be a leaf Tensor with requires_grad=True, got {t!r:.80}")
+    return {str(i): t.data for i, t in enumerate(tensors)}, tensors
+
+
+def _tensor_grads(tensors, params: dict) -> dict:
+    """The ``.grad`` of each Tensor, by the names :func:`_param_arrays` gave them."""
+    if tensors is None:
+        raise TypeError("step() needs the gradients: this optimizer was given a dict of arrays, not Tensors")
+    grads = {}
+    for (name, p), t in zip(params.items(), tensors):
+        if t.data is not p:
+            raise ValueError(f"parameter {name}'s data was replaced after the optimizer was made "
+                             "(e.g. by model.to(device)); make the optimizer after moving the model")
+        if t.grad is None:
+            raise ValueError(f"parameter {name} (shape {t.shape}) has no gradient; call loss.backward() "
+                             "before step(), or leave that parameter out of the optimizer")
+        grads[name] = t.grad
+    return grads
 
 
 def _zeros_like(p):
