@@ -2,7 +2,9 @@
 
 Both train the MLP of a :class:`bench.turns.Setup` (its data copied to the
 JAX device once, its initial weights, batch order and learning-rate table)
-with Adam written out as xpgrad and ``torch.optim.Adam`` compute it. The
+with Adam written out as xpgrad computes it, the bias corrections to full
+float32 precision (see :func:`update`), so that after an epoch the
+parameters agree with xpgrad's to about 1e-6. The
 training state (parameters, Adam's moments, the step counter, the batch
 counter, the loss and accuracy sums) is one pytree that each call donates
 and gets back, so nothing is copied between steps:
@@ -21,6 +23,7 @@ that it shares the GPU with CuPy and PyTorch instead of taking 75% of it.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -74,8 +77,12 @@ def update(state, X, T, idx, lr_table):
     (loss, logits), grads = jax.value_and_grad(_loss, has_aux=True)(state["params"], x, t)
     lr = lr_table[jnp.minimum(state["step"], lr_table.shape[0] - 1)]
     step = state["step"] + 1
-    c1 = lr / (1 - BETA1 ** step.astype(x.dtype))
-    c2 = 1 / (1 - BETA2 ** step.astype(x.dtype))
+    # 1 - beta**t as -expm1(t log beta): in float32, 1 - 0.999**t loses up to five digits at small t,
+    # and that alone moves the parameters after one epoch by 30% (relative) from xpgrad's, which
+    # computes the bias corrections in float64 on the host.
+    t = step.astype(x.dtype)
+    c1 = lr / -jnp.expm1(t * math.log(BETA1))
+    c2 = 1 / -jnp.expm1(t * math.log(BETA2))
     m = jax.tree.map(lambda m, g: BETA1 * m + (1 - BETA1) * g, state["m"], grads)
     v = jax.tree.map(lambda v, g: BETA2 * v + (1 - BETA2) * g * g, state["v"], grads)
     params = jax.tree.map(lambda p, m, v: p - c1 * m / (jnp.sqrt(v * c2) + EPS), state["params"], m, v)

@@ -44,7 +44,7 @@ def standardized(torch, images, device, mean=None, std=None):
     """uint8 (N, 28, 28) images -> float32 (N, 784) on ``device``, standardized (with the training set's stats)."""
     x = torch.from_numpy(images.reshape(len(images), -1)).to(device).float().div_(255)
     if mean is None:
-        mean, std = x.mean(), x.std(unbiased=False)
+        mean, std = x.mean(), x.std(correction=0)
     return (x - mean) / std, mean, std
 
 

@@ -251,22 +251,30 @@ def time_limit(seconds: float | None, what: str):
 
     For warm-ups that cannot be bounded otherwise (torch.compile): the
     compile is abandoned where it stands, and the caller leaves that
-    implementation out. ``None`` or a non-positive limit means no limit.
+    implementation out. A compiler may catch the exception and carry on
+    with part of the work left uncompiled, so it is raised again every
+    second, and once more when the block ends if it fired at all: a warm-up
+    that ran out of time never counts as done. ``None`` means no limit.
     """
     if not seconds or seconds <= 0:
         yield
         return
+    message = f"{what} took longer than {seconds:.0f} s"
+    fired = []
 
     def expire(signum, frame):
-        raise TimeoutError(f"{what} took longer than {seconds:.0f} s")
+        fired.append(True)
+        raise TimeoutError(message)
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:
+        raise TimeoutError(message + " (and the exception was caught inside)")
 
 
 def max_relative_difference(params: dict, reference: dict) -> float:

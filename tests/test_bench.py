@@ -131,6 +131,16 @@ def test_a_bounded_warmup_is_cut_and_the_others_go_on():
     assert records["quick"]["status"] == "ok" and len(records["quick"]["epochs"]) == 2
 
 
+def test_a_timeout_swallowed_inside_the_warmup_still_ends_it():
+    """A compiler that catches the TimeoutError and carries on must not pass for a finished warm-up."""
+    with pytest.raises(TimeoutError, match="caught inside"):
+        with turns.time_limit(0.1, "swallowing warm-up"):
+            try:
+                time.sleep(5)
+            except TimeoutError:
+                pass
+
+
 def test_no_compile_starts_without_time_left():
     records = turns.run_in_turns({"slow": SlowWarmup()}, repeats=1, deadline=turns.Deadline(5), reserve=10)
     assert records["slow"]["status"] == "skipped" and "no time left" in records["slow"]["note"]
