@@ -38,12 +38,12 @@ installed") or its parameters differ from xpgrad eager's by more than
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy
 
 from bench import common, turns
 from bench.cpu_epoch import get_dataset
+from bench.steps import count_kernels, fixed_steps
 from xpgrad.data import Dataset
 from xpgrad.training import Config, Trainer
 
@@ -107,80 +107,9 @@ def build_impls(names, config, dataset, device, trainer_class=Trainer):
             reasons[name] = str(exc)
         except ImportError as exc:
             reasons[name] = f"cannot import: {exc}"
+        except Exception as exc:  # report it and go on with the others
+            reasons[name] = f"error while building it: {common.one_line(exc)}"
     return impls, reasons
-
-
-# ---------------------------------------------------------------------------
-# Steps: fixed-batch timings and kernel counts
-
-
-def xpgrad_fixed_step(trainer):
-    """One ``Trainer.step`` on a fixed batch, with the loss and hit sums the epoch keeps."""
-    xp, idx = trainer.xp, trainer.xp.arange(trainer.batch_size)
-    sums = [xp.zeros((), dtype=trainer.dtype), xp.zeros((), dtype=xp.int64)]
-
-    def step():
-        x, t = trainer.x_train[idx], trainer.t_train[idx]
-        loss, correct = trainer.step(x, t)
-        sums[0] += loss * t.shape[0]
-        sums[1] += correct
-
-    return step
-
-
-def wall_step_time(fn, sync, repeats: int) -> dict:
-    """Seconds per call of ``fn`` on the wall clock, the device idle before and after each batch of calls."""
-    for _ in range(5):
-        fn()
-    sync()
-    number = common.calls_for(lambda: (fn(), sync()), 0.02, cap=500)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / number)
-    return {**common.summarize(times), "number": number}
-
-
-def fixed_steps(impls, records, repeats, notes) -> dict:
-    """Fixed-batch step times of the eager implementations (after the epochs: they move the weights)."""
-    out = {}
-    for name, make in (("xpgrad_eager", lambda i: xpgrad_fixed_step(i.trainer)),
-                       ("torch_eager", lambda i: i.fixed_step())):
-        if name in impls and records[name]["status"] == "ok":
-            try:
-                out[name] = wall_step_time(make(impls[name]), impls[name].sync, repeats)
-            except Exception as exc:
-                notes.append(f"{name} fixed-batch step: not measured ({common.one_line(exc)})")
-    return out
-
-
-def count_kernels(impls, records, on_gpu, notes) -> dict:
-    """Kernels per step: the xpgrad graph's nodes; eager xpgrad and PyTorch through the profiler."""
-    from bench import kernel_counts
-
-    counts = {}
-    if not on_gpu:
-        notes.append("kernels_per_step: counted on a GPU only (graph nodes, CUPTI)")
-        return counts
-    live = lambda n: n in impls and records[n]["status"] == "ok"  # noqa: E731
-    if live("xpgrad_graph"):
-        try:
-            graphs = impls["xpgrad_graph"].trainer.captured_graphs()
-            counts["xpgrad_graph (graph nodes)"] = kernel_counts.graph_nodes(graphs[0])
-        except Exception as exc:
-            notes.append(f"kernels_per_step.xpgrad_graph: not counted ({common.one_line(exc)})")
-    # Profiling last: a profiler that fails half-way can leave every later op slower.
-    for name, make in (("xpgrad_eager", lambda i: xpgrad_fixed_step(i.trainer)),
-                       ("torch_eager", lambda i: i.fixed_step())):
-        if live(name):
-            try:
-                counts[f"{name} (profiler)"] = kernel_counts.profiled_kernels(make(impls[name]))
-            except Exception as exc:
-                notes.append(f"kernels_per_step.{name}: not counted ({common.one_line(exc)})")
-    return counts
 
 
 # ---------------------------------------------------------------------------
@@ -294,8 +223,14 @@ def measure(args, dataset, config, trainer_class, deadline) -> dict:
     skips = getattr(impls.get("torch_compile"), "info", dict)().get("cudagraph_skips")
     if on_gpu and skips:
         notes.append(f"torch_compile ran {skips} of its graphs without CUDA graphs (Inductor's cudagraph_skips)")
-    fixed = fixed_steps(impls, records, 3 if args.smoke else args.repeats, notes) if deadline.allows(10) else {}
-    kernels = count_kernels(impls, records, on_gpu, notes) if deadline.allows(10) else {}
+    fixed, kernels = {}, {}
+    if deadline.allows(10):
+        fixed = fixed_steps(impls, records, 3 if args.smoke else args.repeats, notes)
+    if deadline.allows(10):
+        kernels = count_kernels(impls, records, on_gpu, notes)
+    else:
+        notes.append("kernels_per_step: not counted, the time budget ran out")
+    notes += [f"{n}: {r['rounds_note']}" for n, r in records.items() if r.get("rounds_note") and r["epochs"]]
     return {"impls": impls, "reasons": reasons, "steps": steps, "repeats": repeats, "records": records,
             "diffs": diffs, "fixed": fixed, "kernels": kernels,
             "summary": summary_fields(records, reasons, steps, kernels, diffs, notes),
@@ -306,6 +241,7 @@ def check_failures(m: dict, tolerance: float) -> dict:
     """Implementations that failed (an error) or whose parameters left xpgrad eager's by more than ``tolerance``."""
     failed = {n: f"{d:.1e}" for n, d in m["diffs"].items() if d > tolerance}
     failed.update({n: r["note"] for n, r in m["records"].items() if r["status"] == "failed"})
+    failed.update({n: why for n, why in m["reasons"].items() if why.startswith("error while building")})
     return failed
 
 

@@ -189,7 +189,8 @@ class TorchEpochs:
             torch.cuda.current_stream().wait_stream(side)
             self.opt.zero_grad(set_to_none=True)  # backward then allocates .grad in the graph's pool
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: JAX's and CuPy's runtimes live in this process too; only this thread is capturing.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._graph_full_step()
             self.graph = graph
         self.sync()

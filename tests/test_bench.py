@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import e2e, gpu_epoch, scaling, summary, turns
+from bench import e2e, gpu_epoch, scaling, steps, summary, turns
 from xpgrad.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +151,20 @@ def test_max_relative_difference_is_per_array_scale():
     assert turns.max_relative_difference(ref, ref) == 0.0
     assert turns.max_relative_difference({"W": np.array([10.0, -19.0]), "b": ref["b"]}, ref) == pytest.approx(0.05)
     assert turns.max_relative_difference({"W": ref["W"], "b": np.array([2e-3, 0.0])}, ref) == pytest.approx(1.0)
+
+
+def test_kernel_nodes_are_counted_from_a_graph_dump():
+    dot = """digraph dot {
+subgraph cluster_1 {
+label="graph_1" graph[style="dashed"];
+"graph_1_node_0"[style="solid" shape="record" label="{KERNEL\\n| {ID | 0 | xpgrad_relu_bwd}}"];
+"graph_1_node_1"[style="solid" shape="record" label="{MEMSET\\n| {ID | 1}}"];
+"graph_1_node_2"[style="solid" shape="record" label="{KERNEL\\n| {ID | 2 | sgemm}}"];
+"graph_1_node_0" -> "graph_1_node_2";
+}
+}"""
+    counted = steps.count_nodes(dot)
+    assert counted["kernels"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEMSET": 1}
 
 
 # ---------------------------------------------------------------------------
