@@ -10,7 +10,7 @@ benchmarks before it did not, and is not timed. Where this tree's
 
     PYTHONPATH=. python -m bench.e2e --data-dir .cache/gpu-data/fashion-mnist [--out DIR]
 
-``--device cpu --epochs 1`` checks the code path without a GPU.
+``--device cpu --epochs 1`` checks the code path without a GPU. Exits 1 when either run failed.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def timed_run(cmd: list[str], timeout: float) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         code, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
-        code, out = None, f"timed out after {timeout:.0f} s: {exc.stdout or ''}"
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        code, out = None, f"{partial}\ntimed out after {timeout:.0f} s"
     seconds = time.perf_counter() - start
     print(out, end="" if out.endswith("\n") else "\n")
     return {"command": " ".join(cmd), "seconds": seconds, "exit": code, "tail": out.splitlines()[-3:]}
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     payload = {"machine": facts, "setup": {"device": args.device, "epochs": args.epochs or 15, "graph": graph},
                "warmup": warm, "xpgrad": xpgrad, "torch": torch, "notes": notes}
     print(f"\nwrote {', '.join(common.write_results('e2e', payload, args.json, where=where))}")
-    return 0
+    return 0 if xpgrad["seconds"] is not None and torch["seconds"] is not None else 1
 
 
 def report(xpgrad: dict, torch: dict, notes: list) -> None:

@@ -211,30 +211,35 @@ def targets(summary) -> dict:
     return out
 
 
-def measure(args, dataset, config, trainer_class, deadline) -> dict:
-    """Build, warm up and time every implementation, then the extras; everything the report needs."""
+def measure(args, dataset, config, trainer_class, deadline, save) -> dict:
+    """Build, warm up and time every implementation, then the extras; everything the report needs.
+
+    ``save(m)`` is called with the epochs' results before the extras (profiling can hang, and a
+    killed run then still leaves its epoch figures), and the caller saves the final ``m`` again.
+    """
     on_gpu = args.device == "cuda"
     impls, reasons = build_impls(args.impls.split(","), config, dataset, args.device, trainer_class)
-    steps = impls["xpgrad_eager"].steps_per_epoch
-    repeats = 1 if args.smoke else args.repeats
-    records = turns.run_in_turns(impls, repeats, deadline, args.compile_limit)
-    diffs = turns.parity(records)
+    m = {"impls": impls, "reasons": reasons, "steps": impls["xpgrad_eager"].steps_per_epoch,
+         "repeats": 1 if args.smoke else args.repeats, "n_train": impls["xpgrad_eager"].trainer.n_train,
+         "fixed": {}, "kernels": {}}
+    records = m["records"] = turns.run_in_turns(impls, m["repeats"], deadline, args.compile_limit)
+    diffs = m["diffs"] = turns.parity(records)
     notes = [] if on_gpu else ["device: measured on the CPU (code-path check), not GPU figures"]
     skips = getattr(impls.get("torch_compile"), "info", dict)().get("cudagraph_skips")
     if on_gpu and skips:
         notes.append(f"torch_compile ran {skips} of its graphs without CUDA graphs (Inductor's cudagraph_skips)")
-    fixed, kernels = {}, {}
+    notes += [f"{n}: {r['rounds_note']}" for n, r in records.items() if r.get("rounds_note") and r["epochs"]]
+    m["summary"] = summary_fields(records, reasons, m["steps"], {}, diffs,
+                                  notes + ["kernels_per_step: the run ended before they were counted"])
+    save(m)
     if deadline.allows(10):
-        fixed = fixed_steps(impls, records, 3 if args.smoke else args.repeats, notes)
+        m["fixed"] = fixed_steps(impls, records, 3 if args.smoke else args.repeats, notes)
     if deadline.allows(10):
-        kernels = count_kernels(impls, records, on_gpu, notes)
+        m["kernels"] = count_kernels(impls, records, on_gpu, notes)
     else:
         notes.append("kernels_per_step: not counted, the time budget ran out")
-    notes += [f"{n}: {r['rounds_note']}" for n, r in records.items() if r.get("rounds_note") and r["epochs"]]
-    return {"impls": impls, "reasons": reasons, "steps": steps, "repeats": repeats, "records": records,
-            "diffs": diffs, "fixed": fixed, "kernels": kernels,
-            "summary": summary_fields(records, reasons, steps, kernels, diffs, notes),
-            "n_train": impls["xpgrad_eager"].trainer.n_train}
+    m["summary"] = summary_fields(records, reasons, m["steps"], m["kernels"], diffs, notes)
+    return m
 
 
 def check_failures(m: dict, tolerance: float) -> dict:
@@ -243,6 +248,18 @@ def check_failures(m: dict, tolerance: float) -> dict:
     failed.update({n: r["note"] for n, r in m["records"].items() if r["status"] == "failed"})
     failed.update({n: why for n, why in m["reasons"].items() if why.startswith("error while building")})
     return failed
+
+
+def payload(facts, args, dataset, config, m, goals) -> dict:
+    """The JSON this benchmark writes."""
+    setup = {"data": dataset.name, "config": config.to_dict(), "repeats": m["repeats"],
+             "steps_per_epoch": m["steps"], "device": args.device, "smoke": args.smoke}
+    return {"machine": facts, "setup": setup,
+            "records": {n: {k: v for k, v in r.items() if k != "params_after_first"}
+                        for n, r in m["records"].items()},
+            "info": {n: getattr(i, "info", dict)() for n, i in m["impls"].items()}, "unavailable": m["reasons"],
+            "param_diff_vs_xpgrad_eager": m["diffs"], "fixed_steps": m["fixed"], "kernels": m["kernels"],
+            "summary": m["summary"], "targets": goals}
 
 
 def main(argv=None, trainer_class=Trainer) -> int:
@@ -261,8 +278,13 @@ def main(argv=None, trainer_class=Trainer) -> int:
     else:
         dataset = get_dataset("fashion-mnist" if args.data_dir else "auto", args.data_dir)
     config = Config.from_recipe("default", dataset=dataset.name)
-    m = measure(args, dataset, config, trainer_class, deadline)
+    where = facts["gpu"]["name"] if on_gpu else f"cpu-{facts['host']}"
 
+    def save(m, goals=None):
+        return common.write_results("gpu_epoch", payload(facts, args, dataset, config, m, goals or {}),
+                                    args.json, where=where)
+
+    m = measure(args, dataset, config, trainer_class, deadline, save)
     print(f"data: {dataset.name}, {m['n_train']} samples, default recipe (Adam, cosine, batch {config.batch_size}, "
           f"hidden {config.hidden}), float32; {m['repeats']} timed epochs after 1 each, in turns\n")
     report(m["records"], m["reasons"], m["steps"], m["diffs"], m["fixed"], m["kernels"])
@@ -275,16 +297,7 @@ def main(argv=None, trainer_class=Trainer) -> int:
         verdict = "yes" if not failed else "FAILED: " + "; ".join(f"{n} ({w})" for n, w in failed.items())
         print(f"check: every implementation ran, its parameters within {args.tolerance:g} of xpgrad eager "
               f"after epoch 1: {verdict}")
-    setup = {"data": dataset.name, "config": config.to_dict(), "repeats": m["repeats"],
-             "steps_per_epoch": m["steps"], "device": args.device, "smoke": args.smoke}
-    payload = {"machine": facts, "setup": setup,
-               "records": {n: {k: v for k, v in r.items() if k != "params_after_first"}
-                           for n, r in m["records"].items()},
-               "info": {n: getattr(i, "info", dict)() for n, i in m["impls"].items()}, "unavailable": m["reasons"],
-               "param_diff_vs_xpgrad_eager": m["diffs"], "fixed_steps": m["fixed"], "kernels": m["kernels"],
-               "summary": m["summary"], "targets": goals}
-    where = facts["gpu"]["name"] if on_gpu else f"cpu-{facts['host']}"
-    print(f"\nwrote {', '.join(common.write_results('gpu_epoch', payload, args.json, where=where))}")
+    print(f"\nwrote {', '.join(save(m, goals))}")
     return 1 if args.check and failed else 0
 
 

@@ -235,6 +235,21 @@ def test_a_graph_trainer_that_fell_back_is_not_counted(tmp_path, monkeypatch):
     assert any(n.startswith("epoch_ms.xpgrad_graph") and "fell back to eager" in n for n in s["notes"])
 
 
+def test_a_run_killed_after_its_epochs_leaves_their_figures(tmp_path, monkeypatch):
+    class Killed(BaseException):
+        pass
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(gpu_epoch, "fixed_steps", killed)
+    with pytest.raises(Killed):
+        run_smoke(tmp_path, monkeypatch, "xpgrad_eager")
+    saved = json.loads((tmp_path / "gpu_epoch.json").read_text())["summary"]
+    assert saved["epoch_ms"]["xpgrad_eager"] is not None
+    assert summary.validate(summary.build_summary({"gpu_epoch": {"summary": saved}}, date="d", commit="c")) == []
+
+
 class OldTrainer(Trainer):
     """A Trainer from before issue 10: no graph= option."""
 
