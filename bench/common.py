@@ -315,3 +315,9 @@ def xpgrad_fused(enabled: bool):
 
     with backend.use_fused(enabled):
         yield
+
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line, cut at ``limit`` characters."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]

@@ -1,0 +1,307 @@
+"""The GPU benchmarks' code, checked on the CPU: summary.json's schema, the in-turns runner,
+and every implementation's training step against xpgrad's (no timing is asserted here)."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import e2e, gpu_epoch, scaling, steps, summary, turns
+from xpgrad.training import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_IMPLS = "xpgrad_eager,torch_eager,torch_graph"
+
+
+def fake_results():
+    """What the benchmarks of one GPU check would have written, with made-up figures."""
+    epoch_ms = dict(zip(summary.IMPLS, (31.0, 400.0, 550.0, 40.0, 45.0, 90.0, 30.0)))
+    rows = [("lsm fwd", 2**20, 0.72), ("xent bwd", 2**22, 0.71), ("relu bwd", 2**20, 0.5), ("lsm fwd", 128, 0.1)]
+    return {
+        "steps": [{"step": "gpu_epoch", "status": "pass", "seconds": 90, "note": "exit=0"}],
+        "gpu_epoch": {"machine": {"gpu": {"name": "NVIDIA H200"}}, "summary": {
+            "epoch_ms": epoch_ms, "step_us": {k: v * 1e3 / 469 for k, v in epoch_ms.items()},
+            "kernels_per_step": {"xpgrad_graph": 14, "torch_eager": 30},
+            "graph_vs_eager_max_rel_param_diff": 0.0, "notes": []}},
+        "gpu_kernels": {"results": [{"kernel": k, "rows": n, "copy_share": {"fused": s, "torch": 0.9}}
+                                    for k, n, s in rows]},
+        "e2e": {"xpgrad": {"seconds": 2.5, "test_accuracy": 0.8912}, "torch": {"seconds": 12.0, "test_accuracy": 0.89},
+                "notes": []},
+    }
+
+
+# ---------------------------------------------------------------------------
+# summary.json
+
+
+def test_summary_from_results_keeps_the_schema():
+    s = summary.build_summary(fake_results(), date="2026-11-27T00:00:00Z", commit="abc")
+    assert summary.validate(s) == []
+    assert list(s) == list(summary.SCHEMA)
+    assert s["device"] == "NVIDIA H200" and s["commit"] == "abc"
+    assert s["row_kernels_copy_share_min"] == 0.71  # row kernels at >= 1e6 rows only; ReLU is not one
+    assert s["epoch_ms"]["jax_scan"] == 30.0 and s["kernels_per_step"] == {"xpgrad_graph": 14, "torch_eager": 30}
+    assert s["e2e_test_accuracy"]["xpgrad"] == 0.8912
+
+
+def test_summary_of_failed_steps_is_all_null_and_explained():
+    results = {"steps": [{"step": "gpu_epoch", "status": "timeout", "seconds": 140, "note": "exit=124"}]}
+    s = summary.build_summary(results, date="d", commit="c")
+    assert summary.validate(s) == []
+    assert set(s["epoch_ms"].values()) == {None} and s["e2e_seconds"] == {"xpgrad": None, "torch": None}
+    assert any("gpu_epoch step ended timeout" in n for n in s["notes"])
+
+
+@pytest.mark.parametrize("breakage, complaint", [
+    (lambda s: s["epoch_ms"].update(jax_scan=None), "epoch_ms.jax_scan is null without a note"),
+    (lambda s: s["epoch_ms"].pop("torch_graph"), "epoch_ms: keys"),
+    (lambda s: s.update(extra=1), "summary: keys"),
+    (lambda s: s["kernels_per_step"].update(xpgrad_graph=13.5), "kernels_per_step.xpgrad_graph: expected int"),
+    (lambda s: s.update(commit=None), "commit: expected str"),
+    (lambda s: s["notes"].append(3), "notes: 3 is not a string"),
+    (lambda s: s["notes"].append("step_us is explained here: no, not by its path"), "step_us.torch_eager is null"),
+])
+def test_validate_names_each_break(breakage, complaint):
+    s = summary.build_summary(fake_results(), date="d", commit="c")
+    if "step_us.torch_eager" in complaint:
+        s["step_us"]["torch_eager"] = None
+    breakage(s)
+    assert any(complaint in p for p in summary.validate(s)), summary.validate(s)
+
+
+def test_summary_command_writes_both_files(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    results = fake_results()
+    for label in ("gpu_epoch", "gpu_kernels", "e2e"):
+        (work / f"{label}.json").write_text(json.dumps(results[label]))
+    (work / "steps.txt").write_text("gpu_epoch pass 90 exit=0\ne2e fail 3 exit=1\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = summary.main(["--work", str(work), "--results", str(out / "results.json"),
+                         "--summary", str(out / "summary.json")])
+    assert code == 0
+    written = json.loads((out / "summary.json").read_text())
+    assert summary.validate(written) == [] and written["epoch_ms"]["xpgrad_graph"] == 31.0
+    assert json.loads((out / "results.json").read_text())["steps"][1] == {
+        "step": "e2e", "status": "fail", "seconds": 3, "note": "exit=1"}
+
+
+def test_gpu_check_script_parses():
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# The runner
+
+
+class SlowWarmup:
+    """An implementation whose warm-up never ends (a compile that hangs)."""
+
+    name, steps_per_epoch, bounded = "slow", 1, True
+
+    def warmup(self):
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            time.sleep(0.01)
+
+    def sync(self):
+        pass
+
+
+def test_a_bounded_warmup_is_cut_and_the_others_go_on():
+    class Quick(SlowWarmup):
+        bounded = False
+
+        def warmup(self):
+            pass
+
+        def epoch(self):
+            return {"train_loss": 1.0, "train_accuracy": 0.5}
+
+        def params(self):
+            return {"W1": np.ones(2)}
+
+    records = turns.run_in_turns({"slow": SlowWarmup(), "quick": Quick()}, repeats=2, compile_limit=0.3, reserve=0)
+    assert records["slow"]["status"] == "failed" and "took longer than" in records["slow"]["note"]
+    assert records["slow"]["warmup_seconds"] < 10
+    assert records["quick"]["status"] == "ok" and len(records["quick"]["epochs"]) == 2
+
+
+def test_a_timeout_swallowed_inside_the_warmup_still_ends_it():
+    """A compiler that catches the TimeoutError and carries on must not pass for a finished warm-up."""
+    with pytest.raises(TimeoutError, match="caught inside"):
+        with turns.time_limit(0.1, "swallowing warm-up"):
+            try:
+                time.sleep(5)
+            except TimeoutError:
+                pass
+
+
+def test_no_compile_starts_without_time_left():
+    records = turns.run_in_turns({"slow": SlowWarmup()}, repeats=1, deadline=turns.Deadline(5), reserve=10)
+    assert records["slow"]["status"] == "skipped" and "no time left" in records["slow"]["note"]
+
+
+def test_max_relative_difference_is_per_array_scale():
+    ref = {"W": np.array([10.0, -20.0]), "b": np.array([1e-3, 0.0])}
+    assert turns.max_relative_difference(ref, ref) == 0.0
+    assert turns.max_relative_difference({"W": np.array([10.0, -19.0]), "b": ref["b"]}, ref) == pytest.approx(0.05)
+    assert turns.max_relative_difference({"W": ref["W"], "b": np.array([2e-3, 0.0])}, ref) == pytest.approx(1.0)
+
+
+def test_kernel_nodes_are_counted_from_a_graph_dump():
+    dot = """digraph dot {
+subgraph cluster_1 {
+label="graph_1" graph[style="dashed"];
+"graph_1_node_0"[style="solid" shape="record" label="{KERNEL\\n| {ID | 0 | xpgrad_relu_bwd}}"];
+"graph_1_node_1"[style="solid" shape="record" label="{MEMSET\\n| {ID | 1}}"];
+"graph_1_node_2"[style="solid" shape="record" label="{KERNEL\\n| {ID | 2 | sgemm}}"];
+"graph_1_node_0" -> "graph_1_node_2";
+}
+}"""
+    counted = steps.count_nodes(dot)
+    assert counted["kernels"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEMSET": 1}
+
+
+# ---------------------------------------------------------------------------
+# Every implementation's step against xpgrad's, on the CPU
+
+
+def run_smoke(tmp_path, monkeypatch, impls, trainer_class=Trainer):
+    monkeypatch.delenv("OUT", raising=False)
+    path = tmp_path / "gpu_epoch.json"
+    code = gpu_epoch.main(["--device", "cpu", "--smoke", "--check", "--impls", impls, "--json", str(path)],
+                          trainer_class=trainer_class)
+    return code, json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_torch_eager_and_device_resident_steps_match_xpgrad(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    code, result = run_smoke(tmp_path, monkeypatch, TORCH_IMPLS)
+    assert code == 0
+    diffs = result["param_diff_vs_xpgrad_eager"]
+    assert set(diffs) == {"xpgrad_eager", "torch_eager", "torch_graph"} and max(diffs.values()) < 1e-4
+    losses = {n: r["first"]["train_loss"] for n, r in result["records"].items() if "first" in r}
+    assert max(losses.values()) - min(losses.values()) < 1e-5
+    s = summary.build_summary({"gpu_epoch": result}, date="d", commit="c")
+    assert summary.validate(s) == []
+    assert s["epoch_ms"]["torch_graph"] is not None and s["epoch_ms"]["jax_scan"] is None
+    assert any(n.startswith("epoch_ms.jax_scan") and "not selected" in n for n in s["notes"])
+
+
+@pytest.mark.slow
+def test_jax_steps_match_xpgrad(tmp_path, monkeypatch):
+    pytest.importorskip("jax", reason="JAX is not installed (pip install jax) for the JAX benchmark's check")
+    code, result = run_smoke(tmp_path, monkeypatch, "xpgrad_eager,jax_jit,jax_scan")
+    assert code == 0
+    assert set(result["param_diff_vs_xpgrad_eager"]) == {"xpgrad_eager", "jax_jit", "jax_scan"}
+    assert max(result["param_diff_vs_xpgrad_eager"].values()) < 1e-4
+
+
+class GraphTrainer(Trainer):
+    """A stand-in for issue 10's Trainer: takes graph=, reports graph_enabled, trains eagerly."""
+
+    enable = True
+
+    def __init__(self, *args, graph="off", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graph_enabled = graph == "on" and self.enable
+
+    def captured_graphs(self):
+        return []
+
+
+class FallbackTrainer(GraphTrainer):
+    enable = False
+
+
+def test_the_graph_trainer_is_measured_and_compared_with_eager(tmp_path, monkeypatch):
+    code, result = run_smoke(tmp_path, monkeypatch, "xpgrad_graph,xpgrad_eager", GraphTrainer)
+    assert code == 0
+    assert result["summary"]["graph_vs_eager_max_rel_param_diff"] == 0.0
+    assert result["summary"]["epoch_ms"]["xpgrad_graph"] is not None
+    assert result["info"]["xpgrad_graph"]["graph_enabled"] is True
+
+
+def test_a_graph_trainer_that_fell_back_is_not_counted(tmp_path, monkeypatch):
+    code, result = run_smoke(tmp_path, monkeypatch, "xpgrad_graph,xpgrad_eager", FallbackTrainer)
+    s = result["summary"]
+    assert s["epoch_ms"]["xpgrad_graph"] is None and s["graph_vs_eager_max_rel_param_diff"] is None
+    assert any(n.startswith("epoch_ms.xpgrad_graph") and "fell back to eager" in n for n in s["notes"])
+
+
+def test_a_run_killed_after_its_epochs_leaves_their_figures(tmp_path, monkeypatch):
+    class Killed(BaseException):
+        pass
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(gpu_epoch, "fixed_steps", killed)
+    with pytest.raises(Killed):
+        run_smoke(tmp_path, monkeypatch, "xpgrad_eager")
+    saved = json.loads((tmp_path / "gpu_epoch.json").read_text())["summary"]
+    assert saved["epoch_ms"]["xpgrad_eager"] is not None
+    assert summary.validate(summary.build_summary({"gpu_epoch": {"summary": saved}}, date="d", commit="c")) == []
+
+
+class OldTrainer(Trainer):
+    """A Trainer from before issue 10: no graph= option."""
+
+    def __init__(self, config, dataset, device="cpu", progress=True, log_every=50):
+        super().__init__(config, dataset, device=device, progress=progress, log_every=log_every)
+
+
+def test_without_the_graph_option_the_graph_row_says_why(tmp_path, monkeypatch):
+    code, result = run_smoke(tmp_path, monkeypatch, "xpgrad_graph,xpgrad_eager", OldTrainer)
+    assert code == 0
+    assert "no graph= option" in result["unavailable"]["xpgrad_graph"]
+    assert result["summary"]["epoch_ms"]["xpgrad_graph"] is None
+
+
+# ---------------------------------------------------------------------------
+# End to end and scaling: what needs no GPU
+
+
+def test_e2e_reads_a_run_folder(tmp_path):
+    assert e2e.run_metrics(str(tmp_path)) == (None, None)
+    rows = [{"epoch": 1, "test_accuracy": 0.85, "seconds": 1.5}, {"epoch": 2, "test_accuracy": 0.87, "seconds": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert e2e.run_metrics(str(tmp_path)) == (0.87, 2.0)
+    ok = e2e.finish({"exit": 0, "seconds": 3.0, "tail": []}, 0.87, 2.0)
+    assert ok["seconds"] == 3.0 and ok["test_accuracy"] == 0.87
+    failed = e2e.finish({"exit": 1, "seconds": 3.0, "tail": ["boom"]}, None, None)
+    assert failed["seconds"] is None and "exit 1: boom" in failed["note"]
+
+
+def _train_parser(parser):
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+
+
+def test_e2e_finds_the_graph_option(monkeypatch):
+    from xpgrad import cli
+
+    real = cli.build_parser
+    assert e2e.has_graph_option() == ("--graph" in _train_parser(real()).format_help())
+
+    def with_graph():
+        parser = real()
+        _train_parser(parser).add_argument("--graph", choices=("on", "off", "auto"))
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_graph)
+    assert e2e.has_graph_option() is True
+
+
+def test_the_committed_cpu_scaling_figures_cover_hidden_100():
+    cpu = scaling.read_cpu(None)
+    assert cpu is not None, "commit bench/results/scaling-cpu-*.json (python -m bench.scaling --device cpu)"
+    for batch in scaling.BATCHES:
+        assert "xpgrad_eager" in cpu["shapes"][scaling.key(batch, 100)]["epochs"]
