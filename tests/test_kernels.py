@@ -6,6 +6,7 @@ tolerances. The references themselves are checked against PyTorch on the CPU.
 """
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -119,8 +120,24 @@ def test_kernel_names_are_prefixed_and_unique():
         assert spec.name.startswith("xpgrad_") and spec.name.isidentifier()
 
 
+def _elementwise_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.KernelSpec)]
+
+
+def _raw_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.RawKernelSpec)]
+
+
+def test_raw_specs_define_one_kernel_over_their_type_placeholders():
+    assert _raw_specs()
+    for spec in _raw_specs():
+        assert spec.code.count("XPGRAD_KERNEL(") == 1 and "typedef" not in spec.code, spec.name
+        for v in "TS":
+            assert (re.search(rf"\b{v}\b", spec.code) is not None) == (v in spec.types), (spec.name, v)
+
+
 def test_specs_describe_their_parameters():
-    for spec in kernels.KERNELS.values():
+    for spec in _elementwise_specs():
         declared = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",")}
         raw = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",") if p.split()[0] == "raw"}
         assert set(spec.scalars) <= declared, spec.name
@@ -132,7 +149,8 @@ def test_import_builds_nothing_and_works_without_cupy():
         "import sys; sys.modules['cupy'] = None; sys.modules['cupyx'] = None\n"
         "from xpgrad import backend, kernels\n"
         "assert backend.cupy is None\n"
-        "assert kernels.KERNELS and all(s._kernel is None for s in kernels.KERNELS.values())\n"
+        "assert kernels.KERNELS and all(getattr(s, '_kernel', None) is None and not getattr(s, '_kernels', None)\n"
+        "                               for s in kernels.KERNELS.values())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -153,10 +171,14 @@ def test_public_functions_have_docstrings():
 
 @pytest.mark.skipif(not backend.cupy_installed(), reason="CuPy is not installed")
 def test_specs_build_without_a_gpu():
-    for spec in kernels.KERNELS.values():
+    for spec in _elementwise_specs():
         kernel = spec.build()
         assert kernel.name == spec.name
         assert spec._kernel is None  # build() does not cache; the first call does
+    for spec in _raw_specs():
+        binding = {v: kernels.TYPE_CHOICES[v][0] for v in spec.types}
+        assert spec.build(binding).name == spec.kernel_name(binding)
+        assert not spec._kernels
 
 
 # The references are what the GPU tests trust, so check them against PyTorch.
