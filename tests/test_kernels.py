@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from xpgrad import backend, kernels
+from xpgrad import backend, generic, kernels
 
 from .helpers import move, tolerances
 
@@ -37,6 +37,12 @@ ROW_CASES = [
     pytest.param(1000, 10, 3.0, "c", id="1000x10"),
     pytest.param(7, 33, 3.0, "c", id="7x33"),
     pytest.param(3, 100, 1e4, "T", id="3x100-transposed"),
+    # Tiles: several per launch, the widest tile row (C = TILE), and past it (the thread-per-row kernels).
+    pytest.param(700, 10, 3.0, "c", id="700x10"),
+    pytest.param(450_000, 10, 3.0, "c", id="450000x10-blocks-loop"),
+    pytest.param(5, 1000, 3.0, "c", id="5x1000"),
+    pytest.param(3, kernels.TILE, 3.0, "c", id="3xTILE"),
+    pytest.param(3, kernels.TILE + 952, 3.0, "strided", id="3x3000-per-row"),
 ]
 
 
@@ -378,3 +384,92 @@ def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
     p_gpu = gpu_xp.asarray(p)
     kernels.sgd_update(p_gpu, gpu_xp.asarray(g), 0.5)
     _assert_close(p_gpu, ref_sgd(p.astype(np.float64), g, 0.5), np.float32)
+
+
+# ---------------------------------------------------------------------------
+# On a GPU: the device-resident step's kernels against their generic twins
+
+
+def _on_gpu_both_ways(gpu_xp, fn_name, make_args):
+    """Run ``fn_name`` of kernels and of generic on fresh device copies of the same arguments;
+    returns both argument lists afterwards, on the host."""
+    results = []
+    for module in (kernels, generic):
+        args = [gpu_xp.array(a) if isinstance(a, np.ndarray) else a for a in make_args()]
+        getattr(module, fn_name)(*args)
+        results.append([backend.to_numpy(a) if isinstance(a, gpu_xp.ndarray) else a for a in args])
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_gather_batch_and_bias_relu(gpu_xp, rng, dtype):
+    x = rng.standard_normal((50, 7)).astype(dtype)
+    t = rng.integers(0, 10, size=50).astype(np.int32)
+    order = rng.permutation(50).astype(np.int64)
+    for step, rows in [(0, 16), (3, 2)]:
+        fused, generic_ = _on_gpu_both_ways(gpu_xp, "gather_batch", lambda: [
+            x, t, order, np.asarray(step, np.int64), 16, np.zeros((rows, 7), dtype), np.zeros(rows, np.int32)])
+        np.testing.assert_array_equal(fused[5], x[order[16 * step:16 * step + rows]])
+        np.testing.assert_array_equal(fused[6], generic_[6])
+    h, b = rng.standard_normal((40, 300)).astype(dtype), rng.standard_normal(300).astype(dtype)
+    fused, generic_ = _on_gpu_both_ways(gpu_xp, "bias_relu_forward", lambda: [h, b])
+    np.testing.assert_array_equal(fused[0], generic_[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("N, C", [(1, 10), (128, 10), (600, 10), (37, 300)])
+def test_softmax_cross_entropy_step(gpu_xp, rng, dtype, N, C):
+    z = (rng.standard_normal((N, C)) * 3).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    t = rng.integers(0, C, size=N).astype(np.int32)
+    cp = gpu_xp
+    counters = {}
+    for name, module in (("kernels", kernels), ("generic", generic)):
+        zd, bd, td = cp.array(z), cp.array(b), cp.array(t)
+        gz, sums = cp.empty_like(zd), [cp.zeros((), dtype), cp.zeros((), np.int64), cp.zeros((), np.int64)]
+        work = module.softmax_cross_entropy_step_work(zd)
+        for _ in range(2):
+            module.softmax_cross_entropy_step(cp.array(z), bd, td, gz, *sums, work=work)
+        counters[name] = [backend.to_numpy(gz)] + [backend.to_numpy(s) for s in sums]
+    fused, generic_ = counters["kernels"], counters["generic"]
+    _assert_close(fused[0], generic_[0], dtype)
+    np.testing.assert_allclose(fused[1], generic_[1], rtol=tolerances(dtype)[0])
+    assert fused[2] == generic_[2] and fused[3] == generic_[3] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_optimizer_steps_read_the_schedule(gpu_xp, rng, dtype, kind):
+    """Row 3 of a schedule gives what the *_update kernels compute from the same numbers given directly."""
+    p, g, m, v = (rng.standard_normal(4097).astype(dtype) for _ in range(4))
+    v = np.abs(v)
+    schedule = np.array([[0.1, 0.5, 0.25], [0.2, 0.4, 0.3], [0.05, 1 - 0.9**7, 1 - 0.999**7]])
+    cp = gpu_xp
+    a = [cp.asarray(x) for x in (p, g, m, v)]
+    c = [cp.asarray(x) for x in (p, g, m, v)]
+    step = cp.asarray(3, dtype=np.int64)
+    if kind == "sgd":
+        kernels.sgd_step(a[0], a[1], cp.asarray(schedule), step)
+        kernels.sgd_update(c[0], c[1], 0.05)
+    elif kind == "momentum":
+        kernels.momentum_step(a[0], a[1], a[2], cp.asarray(schedule), step, 0.9)
+        kernels.momentum_update(c[0], c[1], c[2], 0.05, 0.9)
+    else:
+        kernels.adam_step(a[0], a[1], a[2], a[3], cp.asarray(schedule), step, 0.9, 0.999, 1e-8)
+        kernels.adam_update(c[0], c[1], c[2], c[3], 0.05, 0.9, 0.999, 1e-8, 7)
+    for got, want in zip(a, c):
+        _assert_close(got, backend.to_numpy(want), dtype)
+
+
+@pytest.mark.gpu
+def test_cross_block_sums_leave_their_ticket_at_zero(gpu_xp, rng):
+    x = gpu_xp.asarray(rng.standard_normal((450_000, 10)).astype(np.float32))
+    t = gpu_xp.asarray(rng.integers(0, 10, size=450_000).astype(np.int32))
+    for _ in range(3):
+        loss, _ = kernels.softmax_cross_entropy_forward(x, t)
+    np.testing.assert_allclose(float(loss), float(ref_softmax_cross_entropy(
+        backend.to_numpy(x).astype(np.float64), backend.to_numpy(t))[0]), rtol=1e-5)
+    assert int(kernels._ticket()[0]) == 0

@@ -91,7 +91,7 @@ class ResidentStep:
     def __init__(self, model, optimizer, arrays: EpochArrays, data, rows: int, batch_size: int):
         xp, dtype, sizes = model.xp, model.dtype, model.sizes
         self.ops, self.xp, self.arrays = get_ops(xp), xp, arrays
-        self.optimizer, self.batch_size, self.data = optimizer, batch_size, data
+        self.optimizer, self.batch_size, self.data, self.rows = optimizer, batch_size, data, rows
         self.flat_grads = {"all": model.grad_buffer}
         with model.device:
             if arrays.order is None:  # the full batch: the data itself
