@@ -45,7 +45,7 @@ static emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 
 template <class A> static inline A min(A a, A b) { return b < a ? b : a; }

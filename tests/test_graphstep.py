@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from xpgrad import backend, kernels, optim
+from xpgrad import backend, generic, kernels, optim
 from xpgrad.checkpoint import load_checkpoint
 from xpgrad.errors import XpgradError
 from xpgrad.training import Config, Trainer, graphstep, run
@@ -139,6 +139,9 @@ def fake_capture(monkeypatch):
 
     monkeypatch.setattr(backend, "capture_graph", capture)
     monkeypatch.setattr(backend, "capture_stream", contextlib.nullcontext)
+    # The stand-in "replays" by calling the step, so the generic step, which reads its
+    # counter on the host, can be recorded here.
+    monkeypatch.setattr(generic, "CAPTURE_SAFE", True)
     return log
 
 
@@ -196,6 +199,18 @@ def test_a_failing_first_graph_step_falls_back_to_the_eager_step(fake_capture, m
     trainer.train_epoch(), eager.train_epoch()
     _same_training(eager, trainer)
     assert trainer._runner is None and not trainer.graph_enabled
+
+
+def test_the_generic_step_is_not_recorded(monkeypatch):
+    """As with XPGRAD_FUSED=0 on a GPU: the generic step reads its counter on the host, so it runs eagerly."""
+    monkeypatch.setattr(backend, "capture_stream", contextlib.nullcontext)
+    data = synthetic_dataset(n_train=1000)
+    with pytest.warns(RuntimeWarning, match="generic kernels read the step counter on the host"):
+        trainer = _recording_trainer(_config(), data)
+    eager = Trainer(_config(), data, progress=False)
+    trainer.train_epoch(), eager.train_epoch()
+    _same_training(eager, trainer)
+    assert trainer.captured_graphs() == []
 
 
 # ---------------------------------------------------------------------------

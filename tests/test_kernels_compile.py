@@ -152,8 +152,10 @@ def test_broken_kernel_fails_nvrtc():
 
 @needs_nvrtc
 def test_broken_raw_kernel_fails_nvrtc():
-    spec = kernels.RawKernelSpec(name="xpgrad_broken_raw", code=kernels.KERNELS["xpgrad_bias_relu_fwd"].code.replace(
-        "row[c] + b[c]", "row[c] + bb[c]"))
+    good = kernels.KERNELS["xpgrad_bias_relu_fwd"]
+    assert "+ b[at.col]" in good.code
+    spec = kernels.RawKernelSpec(name="xpgrad_broken_raw", code=good.code.replace("+ b[at.col]", "+ bb[at.col]"),
+                                 prelude=good.prelude)
     with pytest.raises(kernel_source.KernelCompileError, match="bb"):
         kernel_source.compile_cuda_source(spec.source({"T": "float32"}), kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH)
 

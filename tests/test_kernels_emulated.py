@@ -159,9 +159,10 @@ def test_gather_batch_takes_the_steps_rows(emulated, rng, dtype, label_dtype):
         np.testing.assert_array_equal(out_t, t[want])
 
 
-@pytest.mark.parametrize("C", [1, 100, 300])
-def test_bias_relu_matches_the_generic_code(emulated, rng, C):
-    h = rng.standard_normal((40, C)).astype(np.float32)
+@pytest.mark.parametrize("N, C", [(3000, 1), (40, 100), (40, 300), (5, kernels.TILE + 1)])
+def test_bias_relu_matches_the_generic_code(emulated, rng, monkeypatch, N, C):
+    monkeypatch.setattr(kernels, "MAX_BLOCKS", 2)
+    h = rng.standard_normal((N, C)).astype(np.float32)
     h[0, 0] = np.nan
     b = rng.standard_normal(C).astype(np.float32)
     want = generic.bias_relu_forward(h.copy(), b)

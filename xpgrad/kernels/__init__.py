@@ -244,9 +244,10 @@ def bias_relu_forward(h, b):
     """In place: ``h = max(h + b, 0)`` for (N, C) h and (C,) b; returns h."""
     _check_float(h, b)
     _check_contiguous(h, b)
-    rows, C = h.shape
-    if rows:
-        tiled.xpgrad_bias_relu_fwd.launch(_binding(h), _blocks(rows), (h, b, numpy.int64(rows), numpy.int32(C)))
+    N, C = h.shape
+    if N:
+        tiled.xpgrad_bias_relu_fwd.launch(_binding(h), _blocks(-(-N // max(1, TILE // C))),
+                                          (h, b, numpy.int64(N), numpy.int32(C)))
     return h
 
 

@@ -25,6 +25,10 @@ from __future__ import annotations
 from .specs import RawKernelSpec, register
 
 PRELUDE = r"""
+// For the forward row kernels: ask for registers enough for a full SM of threads (2048) in float32 and
+// half of one in float64, which the compiler reaches without spilling; the more blocks, the more loads in flight.
+#define XPGRAD_MIN_BLOCKS (2048 / XPGRAD_THREADS / (sizeof(T) / 4))
+
 __device__ __forceinline__ float xpgrad_nan(float) { return __int_as_float(0x7fc00000); }
 __device__ __forceinline__ double xpgrad_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
 
@@ -131,7 +135,7 @@ def _raw(name: str, code: str, types=("T",)) -> RawKernelSpec:
 
 # y = x - logsumexp(x) per row.
 xpgrad_log_softmax_fwd_tiled = _raw("xpgrad_log_softmax_fwd_tiled", r"""
-extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS)
+extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS, XPGRAD_MIN_BLOCKS)
 XPGRAD_KERNEL(const T* __restrict__ x, T* __restrict__ y, long long N, int C)
 {
     __shared__ T tile[XPGRAD_TILE];
@@ -168,6 +172,13 @@ XPGRAD_KERNEL(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__
     const int tid = threadIdx.x, R = xpgrad_tile_rows(C);
     for (long long r0 = (long long)blockIdx.x * R; r0 < N; r0 += (long long)gridDim.x * R) {
         const int rows = (int)min((long long)R, N - r0), n = rows * C;
+        const T* y_tile = y + r0 * C;
+        T yv[XPGRAD_PER_THREAD];  // loaded first, so that they are in flight with gy's
+#pragma unroll
+        for (int k = 0; k < XPGRAD_PER_THREAD; ++k) {
+            const int e = tid + k * XPGRAD_THREADS;
+            yv[k] = e < n ? y_tile[e] : (T)0;
+        }
         xpgrad_load_tile(gy + r0 * C, n, tile);
         if (tid < rows) {
             const T* row = tile + tid * C;
@@ -178,14 +189,7 @@ XPGRAD_KERNEL(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__
             sums[tid] = s;
         }
         __syncthreads();
-        const T* y_tile = y + r0 * C;
         T* out = gx + r0 * C;
-        T yv[XPGRAD_PER_THREAD];
-#pragma unroll
-        for (int k = 0; k < XPGRAD_PER_THREAD; ++k) {
-            const int e = tid + k * XPGRAD_THREADS;
-            yv[k] = e < n ? y_tile[e] : (T)0;
-        }
         xpgrad_walk at(tid, C);
 #pragma unroll
         for (int k = 0; k < XPGRAD_PER_THREAD; ++k, at.next()) {
@@ -202,7 +206,7 @@ XPGRAD_KERNEL(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__
 # Per row of logits x with label t: lse = logsumexp(x); the mean over rows of lse - x[t] (NaN for a
 # label outside [0, C)) into loss[0]. partial: one double per block.
 xpgrad_softmax_xent_fwd_tiled = _raw("xpgrad_softmax_xent_fwd_tiled", r"""
-extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS)
+extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS, XPGRAD_MIN_BLOCKS)
 XPGRAD_KERNEL(const T* __restrict__ x, const S* __restrict__ t, T* __restrict__ lse, T* __restrict__ loss,
               double* __restrict__ partial, unsigned int* __restrict__ ticket, long long N, int C)
 {
@@ -212,11 +216,11 @@ XPGRAD_KERNEL(const T* __restrict__ x, const S* __restrict__ t, T* __restrict__ 
     double acc = 0;
     for (long long r0 = (long long)blockIdx.x * R; r0 < N; r0 += (long long)gridDim.x * R) {
         const int rows = (int)min((long long)R, N - r0), n = rows * C;
+        const S label = tid < rows ? t[r0 + tid] : (S)0;  // in flight with the tile's loads
         xpgrad_load_tile(x + r0 * C, n, tile);
         if (tid < rows) {
             const T* row = tile + tid * C;
             const T l = xpgrad_lse(row, C);
-            const S label = t[r0 + tid];
             lse[r0 + tid] = l;
             acc += (label >= 0 && label < C) ? (double)(l - row[label]) : (double)xpgrad_nan(l);
         }
@@ -248,20 +252,22 @@ XPGRAD_KERNEL(const T* __restrict__ x, const T* __restrict__ lse, const S* __res
         const int rows = (int)min((long long)R, N - r0), n = rows * C;
         const T* x_tile = x + r0 * C;
         T* out = gx + r0 * C;
-        T xv[XPGRAD_PER_THREAD];
+        T xv[XPGRAD_PER_THREAD], lv[XPGRAD_PER_THREAD];
+        bool hit[XPGRAD_PER_THREAD];
+        xpgrad_walk at(tid, C);
+#pragma unroll
+        for (int k = 0; k < XPGRAD_PER_THREAD; ++k, at.next()) {  // every load of the tile first
+            const int e = tid + k * XPGRAD_THREADS;
+            const bool inside = e < n;
+            xv[k] = inside ? x_tile[e] : (T)0;
+            lv[k] = inside ? lse[r0 + at.row] : (T)0;
+            hit[k] = inside && t[r0 + at.row] == at.col;
+        }
 #pragma unroll
         for (int k = 0; k < XPGRAD_PER_THREAD; ++k) {
             const int e = tid + k * XPGRAD_THREADS;
-            xv[k] = e < n ? x_tile[e] : (T)0;
-        }
-        xpgrad_walk at(tid, C);
-#pragma unroll
-        for (int k = 0; k < XPGRAD_PER_THREAD; ++k, at.next()) {
-            const int e = tid + k * XPGRAD_THREADS;
             if (e < n) {
-                const long long row = r0 + at.row;
-                const T hit = t[row] == at.col ? (T)1 : (T)0;
-                out[e] = (exp(xv[k] - lse[row]) - hit) * scale;
+                out[e] = (exp(xv[k] - lv[k]) - (hit[k] ? (T)1 : (T)0)) * scale;
             }
         }
     }
@@ -291,16 +297,20 @@ XPGRAD_KERNEL(const T* __restrict__ x, const S* __restrict__ t, const long long*
 }
 """, types=("T", "S"))
 
-# h = max(h + b, 0) in place, for (rows, C) h and (C,) b; NaN stays NaN, as with maximum. A block per row.
+# h = max(h + b, 0) in place, for (N, C) h and (C,) b; NaN stays NaN, as with maximum. Tiles of
+# max(1, TILE / C) whole rows, the threads over their values.
 xpgrad_bias_relu_fwd = _raw("xpgrad_bias_relu_fwd", r"""
 extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS)
-XPGRAD_KERNEL(T* __restrict__ h, const T* __restrict__ b, long long rows, int C)
+XPGRAD_KERNEL(T* __restrict__ h, const T* __restrict__ b, long long N, int C)
 {
-    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
-        T* row = h + r * C;
-        for (int c = threadIdx.x; c < C; c += XPGRAD_THREADS) {
-            const T v = row[c] + b[c];
-            row[c] = v < (T)0 ? (T)0 : v;
+    const int R = max(1, XPGRAD_TILE / C);
+    for (long long r0 = (long long)blockIdx.x * R; r0 < N; r0 += (long long)gridDim.x * R) {
+        const int n = (int)min((long long)R, N - r0) * C;
+        T* tile = h + r0 * C;
+        xpgrad_walk at(threadIdx.x, C);
+        for (int e = threadIdx.x; e < n; e += XPGRAD_THREADS, at.next()) {
+            const T v = tile[e] + b[at.col];
+            tile[e] = v < (T)0 ? (T)0 : v;
         }
     }
 }

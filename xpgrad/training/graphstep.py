@@ -152,6 +152,8 @@ class GraphRunner:
         self.full_steps = steps - (len(self.steps) - 1)
         self.graphs = [None] * len(self.steps)
         self.capture, self.failed = capture, None
+        if capture and not get_ops(trainer.xp).CAPTURE_SAFE:
+            self._give_up("the generic kernels read the step counter on the host, which a CUDA graph cannot record")
         self.stream = backend.capture_stream() if capture else None
         self._kept = []  # memory allocated while recording, held while the graphs live
         self._started = False
@@ -188,7 +190,9 @@ class GraphRunner:
         try:
             self.graphs[i] = backend.capture_graph(self.steps[i], self.stream, keep=self._kept)
         except Exception as exc:
-            self.failed = one_line(exc)
-            self.graphs = [None] * len(self.steps)
-            warnings.warn(f"recording the training step as a CUDA graph failed ({self.failed}); "
-                          "training goes on without graphs", RuntimeWarning, stacklevel=2)
+            self._give_up(f"recording the training step as a CUDA graph failed ({one_line(exc)})")
+
+    def _give_up(self, reason: str) -> None:
+        """Run every step eagerly from now on, and say why (once)."""
+        self.failed, self.graphs = reason, [None] * len(self.steps)
+        warnings.warn(f"{reason}; training goes on without graphs", RuntimeWarning, stacklevel=3)
