@@ -20,6 +20,7 @@ from xpgrad.checkpoint import load_checkpoint
 from xpgrad.errors import XpgradError
 from xpgrad.training import Config, Trainer, graphstep, run
 
+from .test_cli import FASHION, assert_user_error, needs_fashion, xpgrad
 from .test_train import small_config, synthetic_dataset
 
 LR = {"sgd": 0.05, "momentum": 0.05, "adam": 2e-3}
@@ -323,3 +324,21 @@ def test_a_failed_capture_on_a_gpu_falls_back_to_eager(gpu_xp, monkeypatch):
     eager.train_epoch()
     assert not graphed.graph_enabled and graphed.captured_graphs() == []
     assert _max_relative_difference(eager, graphed) <= 1e-5
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+@needs_fashion
+def test_train_graph_option_picks_the_step_and_is_checked(tmp_path):
+    assert_user_error(xpgrad("train", "--graph", "maybe", tmp_path=tmp_path), "--graph", code=2)
+    params = {}
+    for mode in ("on", "off"):
+        out = tmp_path / mode
+        proc = xpgrad("train", "--dataset", "fashion-mnist", "--data-dir", FASHION, "--device", "cpu", "--epochs", 1,
+                      "--hidden", 16, "--graph", mode, "--out", out, "--quiet", tmp_path=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        params[mode] = load_checkpoint(out / "checkpoint.npz")["params"]
+    for name, value in params["off"].items():
+        assert np.array_equal(params["on"][name], value), name
