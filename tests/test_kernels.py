@@ -443,25 +443,30 @@ def test_softmax_cross_entropy_step(gpu_xp, rng, dtype, N, C):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
 def test_optimizer_steps_read_the_schedule(gpu_xp, rng, dtype, kind):
-    """Row 3 of a schedule gives what the *_update kernels compute from the same numbers given directly."""
+    """Row 3 of a schedule gives what the *_update kernels compute from the same numbers given directly,
+    and what the generic twins compute."""
     p, g, m, v = (rng.standard_normal(4097).astype(dtype) for _ in range(4))
     v = np.abs(v)
     schedule = np.array([[0.1, 0.5, 0.25], [0.2, 0.4, 0.3], [0.05, 1 - 0.9**7, 1 - 0.999**7]])
     cp = gpu_xp
-    a = [cp.asarray(x) for x in (p, g, m, v)]
-    c = [cp.asarray(x) for x in (p, g, m, v)]
+    a, c, d = ([cp.array(x) for x in (p, g, m, v)] for _ in range(3))
     step = cp.asarray(3, dtype=np.int64)
+    for module, arrays in ((kernels, a), (generic, d)):  # fused, and its generic twin
+        if kind == "sgd":
+            module.sgd_step(arrays[0], arrays[1], cp.asarray(schedule), step)
+        elif kind == "momentum":
+            module.momentum_step(arrays[0], arrays[1], arrays[2], cp.asarray(schedule), step, 0.9)
+        else:
+            module.adam_step(*arrays, cp.asarray(schedule), step, 0.9, 0.999, 1e-8)
     if kind == "sgd":
-        kernels.sgd_step(a[0], a[1], cp.asarray(schedule), step)
         kernels.sgd_update(c[0], c[1], 0.05)
     elif kind == "momentum":
-        kernels.momentum_step(a[0], a[1], a[2], cp.asarray(schedule), step, 0.9)
         kernels.momentum_update(c[0], c[1], c[2], 0.05, 0.9)
     else:
-        kernels.adam_step(a[0], a[1], a[2], a[3], cp.asarray(schedule), step, 0.9, 0.999, 1e-8)
-        kernels.adam_update(c[0], c[1], c[2], c[3], 0.05, 0.9, 0.999, 1e-8, 7)
-    for got, want in zip(a, c):
-        _assert_close(got, backend.to_numpy(want), dtype)
+        kernels.adam_update(*c, 0.05, 0.9, 0.999, 1e-8, 7)
+    for got, updated, twin in zip(a, c, d):
+        _assert_close(got, backend.to_numpy(updated), dtype)
+        _assert_close(got, backend.to_numpy(twin), dtype)
 
 
 @pytest.mark.gpu
