@@ -70,13 +70,11 @@ def test_resident_step_is_exact_for_other_shapes(overrides):
     assert eager.rng.bit_generator.state == resident.rng.bit_generator.state
 
 
-@pytest.mark.parametrize("resume_graph", ["on", "off"])
-def test_resume_with_the_resident_step_is_bit_exact(tmp_path, resume_graph):
-    data = synthetic_dataset()
-    straight = Trainer(_config(), data, progress=False, graph="on")
+def _interrupted_and_resumed(tmp_path, data, device, first_graph, resume_graph) -> tuple:
+    """(straight, resumed): three epochs in one go, and killed after epoch 2 then resumed, from the same config."""
+    straight = Trainer(_config(), data, device=device, progress=False, graph=first_graph)
     run(straight, str(tmp_path / "straight"), log=lambda *_: None)
-
-    first = Trainer(_config(), data, progress=False, graph="on")
+    first = Trainer(_config(), data, device=device, progress=False, graph=first_graph)
 
     def interrupt_after_epoch_2(line):
         if first.epoch == 2:
@@ -84,10 +82,15 @@ def test_resume_with_the_resident_step_is_bit_exact(tmp_path, resume_graph):
 
     with pytest.raises(KeyboardInterrupt):
         run(first, str(tmp_path / "split"), log=interrupt_after_epoch_2)
-    resumed = Trainer(_config(), data, progress=False, graph=resume_graph)
+    resumed = Trainer(_config(), data, device=device, progress=False, graph=resume_graph)
     resumed.restore(load_checkpoint(tmp_path / "split" / "checkpoint.npz"), "checkpoint.npz")
     run(resumed, str(tmp_path / "split"), log=lambda *_: None)
-    _same_training(straight, resumed)
+    return straight, resumed
+
+
+@pytest.mark.parametrize("resume_graph", ["on", "off"])
+def test_resume_with_the_resident_step_is_bit_exact(tmp_path, resume_graph):
+    _same_training(*_interrupted_and_resumed(tmp_path, synthetic_dataset(), "cpu", "on", resume_graph))
 
 
 def test_graph_mode_is_checked():
@@ -287,15 +290,9 @@ def test_graph_epochs_match_eager_epochs_on_a_gpu(gpu_xp):
 
 
 def test_graph_resume_continues_exactly_on_a_gpu(gpu_xp, tmp_path):
-    data = synthetic_dataset()
-    straight = Trainer(_config(), data, device="cuda", progress=False, graph="on")
-    run(straight, str(tmp_path / "straight"), log=lambda *_: None)
-    first = Trainer(_config(epochs=2), data, device="cuda", progress=False, graph="on")
-    run(first, str(tmp_path / "split"), log=lambda *_: None)
-    resumed = Trainer(_config(), data, device="cuda", progress=False, graph="on")
-    resumed.restore(load_checkpoint(tmp_path / "split" / "checkpoint.npz"), "checkpoint.npz")
-    run(resumed, str(tmp_path / "split"), log=lambda *_: None)
+    straight, resumed = _interrupted_and_resumed(tmp_path, synthetic_dataset(), "cuda", "on", "on")
     _same_training(straight, resumed)
+    assert resumed.graph_enabled
 
 
 def _kernel_nodes(graph) -> int:
