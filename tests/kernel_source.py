@@ -72,6 +72,11 @@ def kernel_compile_options(kernel) -> tuple[str, ...]:
     return core.assemble_cupy_compiler_options(tuple(kernel.kwargs.get("options", ()))) + ("-ftz=true",)
 
 
+#: The options CuPy compiles a ``cupy.RawKernel`` with when it is given none (CuPy >= 13), less the
+#: target architecture.
+RAW_KERNEL_OPTIONS = ("-std=c++14", "-ftz=true")
+
+
 def nvrtc_version() -> tuple[int, int] | None:
     """The NVRTC version CuPy loads, or None when NVRTC cannot be loaded."""
     if cupy is None:

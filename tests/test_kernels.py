@@ -6,13 +6,14 @@ tolerances. The references themselves are checked against PyTorch on the CPU.
 """
 
 import inspect
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from xpgrad import backend, kernels
+from xpgrad import backend, generic, kernels
 
 from .helpers import move, tolerances
 
@@ -36,6 +37,12 @@ ROW_CASES = [
     pytest.param(1000, 10, 3.0, "c", id="1000x10"),
     pytest.param(7, 33, 3.0, "c", id="7x33"),
     pytest.param(3, 100, 1e4, "T", id="3x100-transposed"),
+    # Tiles: several per launch, the widest tile row (C = TILE), and past it (the thread-per-row kernels).
+    pytest.param(700, 10, 3.0, "c", id="700x10"),
+    pytest.param(450_000, 10, 3.0, "c", id="450000x10-blocks-loop"),
+    pytest.param(5, 1000, 3.0, "c", id="5x1000"),
+    pytest.param(3, kernels.TILE, 3.0, "c", id="3xTILE"),
+    pytest.param(3, kernels.TILE + 952, 3.0, "strided", id="3x3000-per-row"),
 ]
 
 
@@ -119,8 +126,24 @@ def test_kernel_names_are_prefixed_and_unique():
         assert spec.name.startswith("xpgrad_") and spec.name.isidentifier()
 
 
+def _elementwise_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.KernelSpec)]
+
+
+def _raw_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.RawKernelSpec)]
+
+
+def test_raw_specs_define_one_kernel_over_their_type_placeholders():
+    assert _raw_specs()
+    for spec in _raw_specs():
+        assert spec.code.count("XPGRAD_KERNEL(") == 1 and "typedef" not in spec.code, spec.name
+        for v in "TS":
+            assert (re.search(rf"\b{v}\b", spec.code) is not None) == (v in spec.types), (spec.name, v)
+
+
 def test_specs_describe_their_parameters():
-    for spec in kernels.KERNELS.values():
+    for spec in _elementwise_specs():
         declared = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",")}
         raw = {p.split()[-1] for p in (spec.in_params + "," + spec.out_params).split(",") if p.split()[0] == "raw"}
         assert set(spec.scalars) <= declared, spec.name
@@ -132,7 +155,8 @@ def test_import_builds_nothing_and_works_without_cupy():
         "import sys; sys.modules['cupy'] = None; sys.modules['cupyx'] = None\n"
         "from xpgrad import backend, kernels\n"
         "assert backend.cupy is None\n"
-        "assert kernels.KERNELS and all(s._kernel is None for s in kernels.KERNELS.values())\n"
+        "assert kernels.KERNELS and all(getattr(s, '_kernel', None) is None and not getattr(s, '_kernels', None)\n"
+        "                               for s in kernels.KERNELS.values())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -153,10 +177,14 @@ def test_public_functions_have_docstrings():
 
 @pytest.mark.skipif(not backend.cupy_installed(), reason="CuPy is not installed")
 def test_specs_build_without_a_gpu():
-    for spec in kernels.KERNELS.values():
+    for spec in _elementwise_specs():
         kernel = spec.build()
         assert kernel.name == spec.name
         assert spec._kernel is None  # build() does not cache; the first call does
+    for spec in _raw_specs():
+        binding = {v: kernels.TYPE_CHOICES[v][0] for v in spec.types}
+        assert spec.build(binding).name == spec.kernel_name(binding)
+        assert not spec._kernels
 
 
 # The references are what the GPU tests trust, so check them against PyTorch.
@@ -356,3 +384,97 @@ def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
     p_gpu = gpu_xp.asarray(p)
     kernels.sgd_update(p_gpu, gpu_xp.asarray(g), 0.5)
     _assert_close(p_gpu, ref_sgd(p.astype(np.float64), g, 0.5), np.float32)
+
+
+# ---------------------------------------------------------------------------
+# On a GPU: the device-resident step's kernels against their generic twins
+
+
+def _on_gpu_both_ways(gpu_xp, fn_name, make_args):
+    """Run ``fn_name`` of kernels and of generic on fresh device copies of the same arguments;
+    returns both argument lists afterwards, on the host."""
+    results = []
+    for module in (kernels, generic):
+        args = [gpu_xp.array(a) if isinstance(a, np.ndarray) else a for a in make_args()]
+        getattr(module, fn_name)(*args)
+        results.append([backend.to_numpy(a) if isinstance(a, gpu_xp.ndarray) else a for a in args])
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_gather_batch_and_bias_relu(gpu_xp, rng, dtype):
+    x = rng.standard_normal((50, 7)).astype(dtype)
+    t = rng.integers(0, 10, size=50).astype(np.int32)
+    order = rng.permutation(50).astype(np.int64)
+    for step, rows in [(0, 16), (3, 2)]:
+        fused, generic_ = _on_gpu_both_ways(gpu_xp, "gather_batch", lambda: [
+            x, t, order, np.asarray(step, np.int64), 16, np.zeros((rows, 7), dtype), np.zeros(rows, np.int32)])
+        np.testing.assert_array_equal(fused[5], x[order[16 * step:16 * step + rows]])
+        np.testing.assert_array_equal(fused[6], generic_[6])
+    h, b = rng.standard_normal((40, 300)).astype(dtype), rng.standard_normal(300).astype(dtype)
+    fused, generic_ = _on_gpu_both_ways(gpu_xp, "bias_relu_forward", lambda: [h, b])
+    np.testing.assert_array_equal(fused[0], generic_[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("N, C", [(1, 10), (128, 10), (600, 10), (37, 300)])
+def test_softmax_cross_entropy_step(gpu_xp, rng, dtype, N, C):
+    z = (rng.standard_normal((N, C)) * 3).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    t = rng.integers(0, C, size=N).astype(np.int32)
+    cp = gpu_xp
+    counters = {}
+    for name, module in (("kernels", kernels), ("generic", generic)):
+        zd, bd, td = cp.array(z), cp.array(b), cp.array(t)
+        gz, sums = cp.empty_like(zd), [cp.zeros((), dtype), cp.zeros((), np.int64), cp.zeros((), np.int64)]
+        work = module.softmax_cross_entropy_step_work(zd)
+        for _ in range(2):
+            module.softmax_cross_entropy_step(cp.array(z), bd, td, gz, *sums, work=work)
+        counters[name] = [backend.to_numpy(gz)] + [backend.to_numpy(s) for s in sums]
+    fused, generic_ = counters["kernels"], counters["generic"]
+    _assert_close(fused[0], generic_[0], dtype)
+    np.testing.assert_allclose(fused[1], generic_[1], rtol=tolerances(dtype)[0])
+    assert fused[2] == generic_[2] and fused[3] == generic_[3] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_optimizer_steps_read_the_schedule(gpu_xp, rng, dtype, kind):
+    """Row 3 of a schedule gives what the *_update kernels compute from the same numbers given directly,
+    and what the generic twins compute."""
+    p, g, m, v = (rng.standard_normal(4097).astype(dtype) for _ in range(4))
+    v = np.abs(v)
+    schedule = np.array([[0.1, 0.5, 0.25], [0.2, 0.4, 0.3], [0.05, 1 - 0.9**7, 1 - 0.999**7]])
+    cp = gpu_xp
+    a, c, d = ([cp.array(x) for x in (p, g, m, v)] for _ in range(3))
+    step = cp.asarray(3, dtype=np.int64)
+    for module, arrays in ((kernels, a), (generic, d)):  # fused, and its generic twin
+        if kind == "sgd":
+            module.sgd_step(arrays[0], arrays[1], cp.asarray(schedule), step)
+        elif kind == "momentum":
+            module.momentum_step(arrays[0], arrays[1], arrays[2], cp.asarray(schedule), step, 0.9)
+        else:
+            module.adam_step(*arrays, cp.asarray(schedule), step, 0.9, 0.999, 1e-8)
+    if kind == "sgd":
+        kernels.sgd_update(c[0], c[1], 0.05)
+    elif kind == "momentum":
+        kernels.momentum_update(c[0], c[1], c[2], 0.05, 0.9)
+    else:
+        kernels.adam_update(*c, 0.05, 0.9, 0.999, 1e-8, 7)
+    for got, updated, twin in zip(a, c, d):
+        _assert_close(got, backend.to_numpy(updated), dtype)
+        _assert_close(got, backend.to_numpy(twin), dtype)
+
+
+@pytest.mark.gpu
+def test_cross_block_sums_leave_their_ticket_at_zero(gpu_xp, rng):
+    x = gpu_xp.asarray(rng.standard_normal((450_000, 10)).astype(np.float32))
+    t = gpu_xp.asarray(rng.integers(0, 10, size=450_000).astype(np.int32))
+    for _ in range(3):
+        loss, _ = kernels.softmax_cross_entropy_forward(x, t)
+    np.testing.assert_allclose(float(loss), float(ref_softmax_cross_entropy(
+        backend.to_numpy(x).astype(np.float64), backend.to_numpy(t))[0]), rtol=1e-5)
+    assert int(kernels._ticket()[0]) == 0

@@ -1,10 +1,11 @@
-"""Every fused kernel's CUDA source, as CuPy generates it, compiles for sm_90 without a GPU.
+"""Every fused kernel's CUDA source, as CuPy compiles it, compiles for sm_90 without a GPU.
 
-The source comes from CuPy's own code generator (see
-``tests/kernel_source.py``) for each dtype binding and for
-the argument layouts a call can produce; NVRTC (the compiler CuPy uses at run
-time) compiles it, and nvcc cross-checks one layout. A deliberately broken
-kernel must fail, which shows the check can fail.
+For an ElementwiseKernel the source comes from CuPy's own code generator
+(see ``tests/kernel_source.py``) for each dtype binding and for the argument
+layouts a call can produce; a RawKernel's source is its spec's, for each
+binding of its type placeholders. NVRTC (the compiler CuPy uses at run time)
+compiles it, and nvcc cross-checks one layout. A deliberately broken kernel
+must fail, which shows the check can fail.
 """
 
 import itertools
@@ -55,11 +56,29 @@ def _source(spec, binding, contiguous=True, index_32_bits=True):
     return source, kernel_source.kernel_compile_options(kernel)
 
 
+def _elementwise_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.KernelSpec)]
+
+
+def _raw_specs():
+    return [s for s in kernels.KERNELS.values() if isinstance(s, kernels.RawKernelSpec)]
+
+
+def _raw_bindings(spec):
+    for combo in itertools.product(*(kernels.TYPE_CHOICES[v] for v in spec.types)):
+        yield dict(zip(spec.types, combo))
+
+
+def _raw_cases():
+    return [pytest.param(spec, binding, id=spec.kernel_name(binding)) for spec in _raw_specs()
+            for binding in _raw_bindings(spec)]
+
+
 def _cases():
     if not backend.cupy_installed():
         return []
     cases = []
-    for spec in kernels.KERNELS.values():
+    for spec in _elementwise_specs():
         for binding in _bindings(spec, spec.build()):
             types = "-".join(binding.values())
             for layout, contiguous, index_32_bits in LAYOUTS:
@@ -85,9 +104,27 @@ def test_kernel_compiles_with_nvrtc(spec, binding, contiguous, index_32_bits):
     assert kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
 
 
+@needs_nvrtc
+@pytest.mark.parametrize("spec, binding", _raw_cases())
+def test_raw_kernel_compiles_with_nvrtc(spec, binding):
+    source = spec.source(binding)
+    assert f"#define XPGRAD_KERNEL {spec.kernel_name(binding)}" in source
+    assert 'extern "C" __global__' in source and "XPGRAD_KERNEL(" in source
+    assert kernel_source.compile_cuda_source(source, kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH, compiler="nvrtc")
+
+
 @needs_nvcc
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", list(kernels.KERNELS.values()), ids=list(kernels.KERNELS))
+@pytest.mark.parametrize("spec", _raw_specs(), ids=lambda s: s.name)
+def test_raw_kernel_compiles_with_nvcc(spec):
+    binding = {v: kernels.TYPE_CHOICES[v][-1] for v in spec.types}
+    assert kernel_source.compile_cuda_source(spec.source(binding), kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH,
+                                             compiler="nvcc")
+
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", _elementwise_specs(), ids=lambda s: s.name)
 def test_kernel_compiles_with_nvcc(spec):
     binding = {v: choices[-1] for v, choices in kernels.TYPE_CHOICES.items()}
     source, options = _source(spec, binding)
@@ -99,7 +136,11 @@ def test_every_dtype_binding_is_covered():
     ids = {c.id for c in _cases()}
     assert "xpgrad_softmax_xent_fwd-float32-int64-flat32" in ids
     assert "xpgrad_adam_update-float64-strided64" in ids
-    assert len(ids) == sum(4 * len(list(_bindings(s, s.build()))) for s in kernels.KERNELS.values())
+    assert len(ids) == sum(4 * len(list(_bindings(s, s.build()))) for s in _elementwise_specs())
+    raw = {c.id for c in _raw_cases()}
+    assert "xpgrad_softmax_xent_step_float64_int32" in raw
+    assert len(raw) == sum(len(list(_raw_bindings(s))) for s in _raw_specs())
+    assert len(_raw_specs()) + len(_elementwise_specs()) == len(kernels.KERNELS)
 
 
 @needs_nvrtc
@@ -107,6 +148,16 @@ def test_broken_kernel_fails_nvrtc():
     source, options = _source(_BROKEN, {"T": "float32"})
     with pytest.raises(kernel_source.KernelCompileError, match="gyy"):
         kernel_source.compile_cuda_source(source, options, arch=ARCH, compiler="nvrtc")
+
+
+@needs_nvrtc
+def test_broken_raw_kernel_fails_nvrtc():
+    good = kernels.KERNELS["xpgrad_bias_relu_fwd"]
+    assert "+ b[at.col]" in good.code
+    spec = kernels.RawKernelSpec(name="xpgrad_broken_raw", code=good.code.replace("+ b[at.col]", "+ bb[at.col]"),
+                                 prelude=good.prelude)
+    with pytest.raises(kernel_source.KernelCompileError, match="bb"):
+        kernel_source.compile_cuda_source(spec.source({"T": "float32"}), kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH)
 
 
 @needs_nvcc

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: runs/<dataset>-<recipe>)")
     train.add_argument("--resume", metavar="CHECKPOINT", default=None, help="continue from a checkpoint.npz")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--graph", choices=("on", "off", "auto"), default="off",
+                       help="replay each training step as a CUDA graph: on, off, or auto (on for a GPU); default: off")
 
     ev = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint")
     ev.add_argument("--checkpoint", required=True)
@@ -186,7 +188,7 @@ def cmd_train(args) -> int:
         out = os.path.join("runs", f"{config.dataset}-{config.recipe}")
     out = prepare_out_dir(out)
     dataset = load_dataset(config.dataset, data_dir=args.data_dir, progress=not args.quiet)
-    trainer = Trainer(config, dataset, device=device, progress=not args.quiet)
+    trainer = Trainer(config, dataset, device=device, progress=not args.quiet, graph=args.graph)
     if checkpoint:
         trainer.restore(checkpoint, args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch}")

@@ -19,6 +19,18 @@ momentum_update               ``v = mu * v + g; p -= lr * v``
 adam_update                   Adam with bias correction (PyTorch's)
 ============================  ==================================================
 
+and those of the device-resident training step, which read what changes
+from step to step (the batch, the learning rate) from arrays at a step
+counter, so that on a GPU a CUDA graph can replay them:
+
+==================================  ============================================
+gather_batch                        rows ``order[step * B:][:rows]`` of x and t
+bias_relu_forward                   ``h = max(h + b, 0)``
+bias_grad                           ``g.sum(axis=0)``
+softmax_cross_entropy_step          loss gradient, loss and accuracy sums, ``step += 1``
+sgd_step, momentum_step, adam_step  the updates, lr (and bias corrections) from a schedule
+==================================  ============================================
+
 The row helpers (:func:`row_max`, :func:`row_sum`, :func:`logsumexp`) and the
 soft-target cross-entropy are generic only: no kernel replaces them.
 
@@ -37,6 +49,10 @@ import numpy
 
 from .backend import get_array_module
 from .backend.graph import matmul
+
+#: The device-resident step's functions here read the step counter on the
+#: host, so a CUDA graph cannot record them (xpgrad.kernels' can).
+CAPTURE_SAFE = False
 
 # ---------------------------------------------------------------------------
 # Argument checks, shared with xpgrad.kernels
@@ -190,9 +206,14 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, work=None):
     ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
     param -= lr * (m / (1 - b1**step)) / (sqrt(v / (1 - b2**step)) + eps)``.
     """
-    xp = get_array_module(param, grad)
     if step < 1:
         raise ValueError(f"Adam step counts from 1, got {step}")
+    _adam(param, grad, m, v, beta1, beta2, eps, 1.0 / (1 - beta2**step), lr / (1 - beta1**step), work)
+
+
+def _adam(param, grad, m, v, beta1, beta2, eps, inv_bc2, step_size, work):
+    """Adam's update given ``1 / (1 - b2^t)`` and ``lr / (1 - b1^t)``, as Python floats or scalars of param's dtype."""
+    xp = get_array_module(param, grad)
     work = xp.empty_like(param) if work is None else work
     m *= beta1
     xp.multiply(grad, 1 - beta1, out=work)
@@ -202,12 +223,89 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, work=None):
     work *= 1 - beta2
     v += work
     # param -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), in two scratch passes
-    xp.multiply(v, 1.0 / (1 - beta2**step), out=work)
+    xp.multiply(v, inv_bc2, out=work)
     xp.sqrt(work, out=work)
     work += eps
     xp.divide(m, work, out=work)
-    work *= lr / (1 - beta1**step)
+    work *= step_size
     param -= work
+
+
+# ---------------------------------------------------------------------------
+# The device-resident training step. On the CPU these read the step counter
+# on the host; what they compute is exactly what the eager step computes.
+
+
+def gather_batch(x, t, order, step, batch_size, out_x, out_t):
+    """Batch ``step`` of an epoch: rows ``order[step * batch_size + r]`` of (n, D) x and (n,) t, for
+    ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t. ``order`` is int64, ``step`` a 0-d int64."""
+    xp = get_array_module(x, t, order)
+    first = int(step) * batch_size
+    rows = order[first:first + out_t.shape[0]]
+    xp.take(x, rows, axis=0, out=out_x)
+    xp.take(t, rows, axis=0, out=out_t)
+
+
+def bias_relu_forward(h, b):
+    """In place: ``h = max(h + b, 0)`` for (N, C) h and (C,) b; returns h."""
+    xp = get_array_module(h, b)
+    h += b
+    return xp.maximum(h, 0, out=h)
+
+
+def bias_grad(g, out):
+    """Column sums of (N, C) g into (C,) out: the gradient of a bias added to every row."""
+    return g.sum(axis=0, out=out)
+
+
+def softmax_cross_entropy_step_work(z):
+    """The scratch :func:`softmax_cross_entropy_step` needs: none here."""
+    return None
+
+
+def softmax_cross_entropy_step(z, b, t, gz, loss_sum, correct, step, work=None):
+    """The loss end of a training step on (N, C) logits ``z + b`` (``b`` may be None) and (N,) labels t.
+
+    Writes the gradient of the mean loss into gz, ``(softmax - onehot) / N``;
+    adds the batch's summed loss to ``loss_sum`` (0-d, z's dtype) and its
+    number of correct predictions to ``correct`` (0-d int64); and counts the
+    step: ``step += 1`` (0-d int64). ``z`` is overwritten with the logits.
+    """
+    if b is not None:
+        z += b
+    loss, cache = softmax_cross_entropy_forward(z, t)
+    gz[...] = softmax_cross_entropy_backward(z, t, cache)
+    loss_sum += loss * t.shape[0]
+    correct += (z.argmax(axis=1) == t).sum()
+    step += 1
+
+
+def _schedule_row(schedule, step, dtype):
+    """``(lr, 1 - beta1**t, 1 - beta2**t)`` of row ``step - 1``, as float64 scalars, and param's scalar type."""
+    lr, bc1, bc2 = schedule[int(step) - 1].tolist()
+    return lr, bc1, bc2, dtype.type
+
+
+def sgd_step(param, grad, schedule, step, work=None):
+    """:func:`sgd_update` with lr from row ``step - 1`` of the (steps, 3) float64 ``schedule``
+    (``step``: a 0-d int64 counting from 1)."""
+    # lr as a scalar of param's dtype: what a Python float becomes in sgd_update
+    # (NumPy's NEP 50), where a float64 array would compute in float64.
+    lr, _, _, scalar = _schedule_row(schedule, step, param.dtype)
+    sgd_update(param, grad, scalar(lr), work=work)
+
+
+def momentum_step(param, grad, velocity, schedule, step, momentum, work=None):
+    """:func:`momentum_update` with lr from row ``step - 1`` of ``schedule`` (see :func:`sgd_step`)."""
+    lr, _, _, scalar = _schedule_row(schedule, step, param.dtype)
+    momentum_update(param, grad, velocity, scalar(lr), momentum, work=work)
+
+
+def adam_step(param, grad, m, v, schedule, step, beta1, beta2, eps, work=None):
+    """:func:`adam_update` with lr and the bias corrections from row ``step - 1`` of ``schedule``,
+    ``(lr, 1 - beta1**t, 1 - beta2**t)`` for Adam's step t (see :func:`sgd_step`)."""
+    lr, bc1, bc2, scalar = _schedule_row(schedule, step, param.dtype)
+    _adam(param, grad, m, v, beta1, beta2, eps, scalar(1.0 / bc2), scalar(lr / bc1), work)
 
 
 # ---------------------------------------------------------------------------

@@ -62,6 +62,26 @@ class Optimizer:
         """One parameter's update through ``ops`` (xpgrad.kernels or xpgrad.generic)."""
         raise NotImplementedError
 
+    # -- device-resident updates (the step a CUDA graph replays) -------------
+
+    def schedule_row(self, lr: float, step: int) -> tuple:
+        """The numbers update number ``step`` (from 1) reads from a schedule: ``(lr, 1.0, 1.0)``;
+        Adam puts its bias corrections ``1 - beta**step`` in the last two."""
+        return (float(lr), 1.0, 1.0)
+
+    def step_resident(self, grads: dict, schedule, counter) -> None:
+        """Apply one update as :meth:`step` does, with lr (and Adam's bias corrections) read on the device
+        from row ``counter - 1`` of ``schedule``, a (steps, 3) float64 array of :meth:`schedule_row` rows,
+        at ``counter``, a 0-d int64 array. ``step_count`` is the caller's to advance."""
+        ops = get_ops(get_array_module(*self.params.values(), *grads.values()))
+        for name, p in self.params.items():
+            state = [self.state[s][name] for s in self.state_names]
+            self._update_resident(ops, p, grads[name], *state, schedule=schedule, counter=counter,
+                                  work=self._scratch[name])
+
+    def _update_resident(self, ops, p, g, *state, schedule, counter, work):
+        raise NotImplementedError
+
     # -- checkpoints ---------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -122,6 +142,9 @@ class SGD(Optimizer):
     def _update(self, ops, p, g, *, work):
         ops.sgd_update(p, g, self.lr, work=work)
 
+    def _update_resident(self, ops, p, g, *, schedule, counter, work):
+        ops.sgd_step(p, g, schedule, counter, work=work)
+
 
 class MomentumSGD(Optimizer):
     """SGD with (heavy-ball) momentum: ``v = momentum * v + g; p -= lr * v``."""
@@ -137,6 +160,9 @@ class MomentumSGD(Optimizer):
     def _update(self, ops, p, g, v, *, work):
         ops.momentum_update(p, g, v, self.lr, self.momentum, work=work)
 
+    def _update_resident(self, ops, p, g, v, *, schedule, counter, work):
+        ops.momentum_step(p, g, v, schedule, counter, self.momentum, work=work)
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
@@ -149,6 +175,13 @@ class Adam(Optimizer):
 
     def _update(self, ops, p, g, m, v, *, work):
         ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count, work=work)
+
+    def schedule_row(self, lr: float, step: int) -> tuple:
+        # As adam_update computes them from the step count, in Python floats.
+        return (float(lr), 1.0 - self.beta1**step, 1.0 - self.beta2**step)
+
+    def _update_resident(self, ops, p, g, m, v, *, schedule, counter, work):
+        ops.adam_step(p, g, m, v, schedule, counter, self.beta1, self.beta2, self.eps, work=work)
 
 
 def make_optimizer(name: str, params: dict, lr: float, **kwargs) -> Optimizer:

@@ -283,6 +283,14 @@ def to_numpy(a):
     return numpy.asarray(a)
 
 
+def copy_from_host(dst, src) -> None:
+    """Copy the host array ``src`` into the array ``dst`` in place; on a GPU, on the current stream."""
+    if is_cupy_array(dst):
+        dst.set(numpy.ascontiguousarray(src, dtype=dst.dtype), stream=cupy.cuda.get_current_stream())
+    else:
+        dst[...] = src
+
+
 def to_device(a, device: str | Device = "cpu"):
     """Return ``a`` on ``device`` (no copy when it is already there)."""
     device = get_device(device)
@@ -302,6 +310,22 @@ def elementwise_kernel(in_params: str, out_params: str, operation: str, name: st
     return cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
 
 
+def raw_kernel(code: str, name: str, options: tuple = ()):
+    """Build a ``cupy.RawKernel`` for the ``extern "C"`` kernel ``name`` in ``code`` (compiled on first launch)."""
+    require_cupy()
+    return cupy.RawKernel(code, name, options=tuple(options))
+
+
+def capture_stream():
+    """A new non-blocking CUDA stream to record and replay CUDA graphs on.
+
+    It does not wait for the default stream (a capture cannot use that one),
+    so work queued there must be synchronized by hand before the graph reads it.
+    """
+    require_cupy()
+    return cupy.cuda.Stream(non_blocking=True)
+
+
 def require_cupy() -> None:
     """Raise :class:`DeviceError` saying how to install CuPy when it is missing."""
     if cupy is None:
@@ -309,6 +333,6 @@ def require_cupy() -> None:
 
 
 # The capture-safe matrix product and CUDA-graph capture (they need the names above).
-from .graph import capture_graph, cublas_gemm, matmul  # noqa: E402,F401
+from .graph import capture_graph, cublas_gemm, gemm, matmul  # noqa: E402,F401
 
 

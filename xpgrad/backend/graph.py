@@ -5,7 +5,10 @@ graph (NotImplementedError: "calling cuBLAS API during stream capture is
 currently unsupported"; cupy/cupy#6290), its low-level cuBLAS wrappers
 included, although cuBLAS's gemm itself can be captured. So while
 :func:`capture_graph` records, :func:`matmul` calls cuBLAS's C API directly
-(ctypes, on the library CuPy has already loaded) with CuPy's own handle.
+(ctypes, on the library CuPy has already loaded) with CuPy's own handle, and
+:func:`gemm`, the product of the device-resident training step, always does.
+The call is ``cublasGemmEx`` with the compute type and algorithm CuPy's own
+``matmul`` passes, so both give the same numbers.
 """
 
 from __future__ import annotations
@@ -19,12 +22,26 @@ from . import cupy, require_cupy
 
 _capture_handle = None  # CuPy's cuBLAS handle while capture_graph() records, else None
 _CUBLAS_OP_N, _CUBLAS_OP_T, _CUBLAS_POINTER_MODE_HOST = 0, 1, 0
+# cudaDataType and cublasComputeType_t of float32 and float64 (library_types.h, cublas_api.h)
+_GEMM_TYPES = {numpy.float32: (0, 68), numpy.float64: (1, 70)}
+_CUBLAS_GEMM_DEFAULT, _CUBLAS_GEMM_DEFAULT_TENSOR_OP = -1, 99
 
 
 def matmul(xp, a, b, out=None):
     """``xp.matmul(a, b, out=out)``, which also works inside :func:`capture_graph`."""
     if _capture_handle is None or xp is numpy:
         return xp.matmul(a, b, out=out)
+    return cublas_gemm(a, b, out, handle=_capture_handle)
+
+
+def gemm(xp, a, b, out):
+    """``a @ b`` into ``out`` for the device-resident step: NumPy's matmul, or one cuBLAS call on a GPU.
+
+    On a GPU it is the same call whether or not a graph is being recorded, so
+    a step computes the same numbers eagerly and replayed.
+    """
+    if xp is numpy:
+        return numpy.matmul(a, b, out=out)
     return cublas_gemm(a, b, out, handle=_capture_handle)
 
 
@@ -35,9 +52,9 @@ def _libcublas():
     major = cupy.cuda.runtime.runtimeGetVersion() // 1000
     lib = ctypes.CDLL(f"libcublas.so.{major}")
     c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
-    for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
-        getattr(lib, name).argtypes = [c_void_p, c_int, c_int, c_int, c_int, c_int, c_void_p, c_void_p,
-                                       c_int, c_void_p, c_int, c_void_p, c_void_p, c_int]
+    lib.cublasGemmEx.argtypes = [c_void_p, c_int, c_int, c_int, c_int, c_int, c_void_p,
+                                 c_void_p, c_int, c_int, c_void_p, c_int, c_int,
+                                 c_void_p, c_void_p, c_int, c_int, c_int, c_int]
     lib.cublasSetStream_v2.argtypes = [c_void_p, c_void_p]
     lib.cublasSetPointerMode_v2.argtypes = [c_void_p, c_int]
     lib.cublasGetPointerMode_v2.argtypes = [c_void_p, ctypes.POINTER(c_int)]
@@ -89,21 +106,43 @@ def cublas_gemm(a, b, out=None, *, handle=None):
     handle = cupy.cuda.device.get_cublas_handle() if handle is None else handle
     # Host scalars, read when the call is made (and so baked into a captured graph).
     one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)
-    gemm = lib.cublasSgemm_v2 if a.dtype.type is numpy.float32 else lib.cublasDgemm_v2
+    data_type, compute_type = _GEMM_TYPES[a.dtype.type]
     _cublas_check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
     _cublas_check(lib.cublasSetPointerMode_v2(handle, _CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode")
-    _cublas_check(gemm(handle, op_b, op_a, n, m, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
-                       zero.ctypes.data, out.data.ptr, n), "cublas gemm")
+    _cublas_check(lib.cublasGemmEx(handle, op_b, op_a, n, m, k, one.ctypes.data,
+                                   b.data.ptr, data_type, ldb, a.data.ptr, data_type, lda,
+                                   zero.ctypes.data, out.data.ptr, data_type, n,
+                                   compute_type, _gemm_algorithm()), "cublasGemmEx")
     return out
 
 
-def capture_graph(fn, stream):
+def _gemm_algorithm() -> int:
+    return _gemm_algorithm_on(cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_algorithm_on(device_id: int) -> int:
+    """The algorithm hint CuPy's matmul passes: "tensor op" from compute capability 8.0 on.
+
+    With the plain float32/float64 compute types cuBLAS still computes in
+    full precision (no TF32) either way.
+    """
+    major_minor = int(cupy.cuda.Device(device_id).compute_capability)
+    return _CUBLAS_GEMM_DEFAULT_TENSOR_OP if major_minor >= 80 else _CUBLAS_GEMM_DEFAULT
+
+
+def capture_graph(fn, stream, keep=None):
     """Record ``fn()`` on ``stream`` (a non-blocking CuPy stream) as a CUDA graph and return it.
 
     Nothing runs while recording; ``graph.launch(stream)`` replays the work.
     Run ``fn`` eagerly on the same stream first, so that kernels are compiled
     and the memory pool already holds every block ``fn`` allocates: a capture
     cannot allocate device memory or copy to or from the host.
+
+    A replay writes to the addresses recorded, so memory that ``fn`` allocates
+    while recording must stay reserved while the graph is in use, even after
+    the arrays holding it are gone; give a list as ``keep`` and every such
+    block is appended to it, for the caller to hold as long as the graph.
     """
     global _capture_handle
     require_cupy()
@@ -111,8 +150,16 @@ def capture_graph(fn, stream):
     handle = cupy.cuda.device.get_cublas_handle()
     mode = ctypes.c_int()
     _cublas_check(lib.cublasGetPointerMode_v2(handle, ctypes.byref(mode)), "cublasGetPointerMode")
+    allocate = cupy.cuda.get_allocator()
+
+    def allocate_and_keep(size):
+        memory = allocate(size)
+        if keep is not None:
+            keep.append(memory)
+        return memory
+
     try:
-        with stream:
+        with stream, cupy.cuda.using_allocator(allocate_and_keep):
             stream.begin_capture()
             _capture_handle = handle
             try:

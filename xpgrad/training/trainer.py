@@ -6,13 +6,18 @@ The loop is written once against ``xp`` and kept fast on both backends:
 * each epoch a permutation is drawn on the host (so CPU and GPU runs, and
   resumed runs, see the same batches) and batches are gathered on the device;
 * loss and accuracy are summed on the device and read back only once per
-  logging interval, so there is no host sync per step.
+  logging interval, so there is no host sync per step;
+* with ``graph="on"`` (or ``"auto"`` on a GPU) the steps are the
+  device-resident step of :mod:`.graphstep`, which a GPU records once as a
+  CUDA graph and replays; on the CPU that step computes exactly what the
+  eager one does.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy
 
@@ -21,15 +26,27 @@ from ..checkpoint import save_checkpoint
 from ..errors import CheckpointError, DivergenceError, XpgradError
 from ..model import MLP
 from ..optim import make_optimizer
+from . import graphstep
 from .config import Config
 from .heads import make_head
 from .inputs import normalization, to_device_inputs
 
 
-class Trainer:
-    """A model, its optimizer and data on one device, trained epoch by epoch."""
+#: ``graph=`` values: "auto" records CUDA graphs on a GPU and trains eagerly on the CPU.
+GRAPH_MODES = ("off", "on", "auto")
 
-    def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50):
+
+class Trainer:
+    """A model, its optimizer and data on one device, trained epoch by epoch.
+
+    ``graph``: "off" runs the eager step; "on" the device-resident step
+    (:mod:`.graphstep`), recorded as a CUDA graph on a GPU and run as it is
+    on the CPU; "auto" is "on" on a GPU and "off" on the CPU.
+    """
+
+    def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50, graph="off"):
+        if graph not in GRAPH_MODES:
+            raise XpgradError(f"unknown graph mode {graph!r}; choose one of {', '.join(GRAPH_MODES)}")
         self.config = config
         self.dataset = dataset
         self.device = backend.get_device(device)
@@ -59,6 +76,12 @@ class Trainer:
         # weights' initialization), and its state goes into checkpoints.
         self.rng = numpy.random.default_rng([config.seed, 1])
         self.epoch = 0
+        self.graph = graph
+        self._runner = None
+        self._graph_failure = None  # why the resident step is not used, once that is known
+        resident = graph == "on" or (graph == "auto" and self.device.is_gpu)
+        if resident and graphstep.unsupported(config):
+            self._stop_graphs(graphstep.unsupported(config))
 
     # -- sizes and schedule --------------------------------------------------
 
@@ -82,44 +105,103 @@ class Trainer:
         total = self.config.epochs * self.steps_per_epoch
         return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
+    # -- the device-resident step and its graphs ------------------------------
+
+    @property
+    def graph_enabled(self) -> bool:
+        """Whether epochs replay a captured CUDA graph (False on the CPU, and after a fallback to eager)."""
+        return self.device.is_gpu and self._resident() and (self._runner is None or self._runner.failed is None)
+
+    def captured_graphs(self) -> list:
+        """The ``cupy.cuda.Graph`` objects epochs replay: the full-batch step first, then a partial
+        last batch's; empty before the first epoch, on the CPU, and without graphs."""
+        if self._runner is None:
+            return []
+        return [g for g in self._runner.graphs if g is not None]
+
+    def _resident(self) -> bool:
+        """Whether steps are the device-resident step."""
+        wanted = self.graph == "on" or (self.graph == "auto" and self.device.is_gpu)
+        return wanted and self._graph_failure is None
+
+    def _stop_graphs(self, reason: str) -> None:
+        self._graph_failure, self._runner = reason, None
+        warnings.warn(f"{reason}; training without CUDA graphs", RuntimeWarning, stacklevel=3)
+
+    def _schedule(self):
+        """Per step of the coming epoch, the optimizer's schedule row, as the eager step computes it."""
+        first, opt = self.optimizer.step_count, self.optimizer
+        rows = [opt.schedule_row(self.lr_at(first + k), first + k + 1) for k in range(self.steps_per_epoch)]
+        return numpy.array(rows, dtype=numpy.float64)
+
     # -- one epoch -----------------------------------------------------------
 
     def train_epoch(self, bar=None) -> dict:
         """Train one epoch; returns the epoch's mean training loss and accuracy, and its seconds."""
-        xp = self.xp
-        n, b = self.n_train, self.batch_size
-        full_batch = b == n
+        n = self.n_train
         start = time.perf_counter()
+        order = None if self.batch_size == n else self.rng.permutation(n).astype(numpy.int64)
         with self.device:
-            if not full_batch:
-                perm = backend.to_device(self.rng.permutation(n).astype(numpy.int64), self.device)
-            loss_sum = xp.zeros((), dtype=self.dtype)
-            correct = xp.zeros((), dtype=xp.int64)
-            seen = 0
-            pending = 0
-            for step in range(self.steps_per_epoch):
-                if full_batch:
-                    x, t = self.x_train, self.t_train
-                else:
-                    idx = perm[step * b:(step + 1) * b]
-                    x, t = self.x_train[idx], self.t_train[idx]
-                loss, n_correct = self.step(x, t)
-                loss_sum += loss * t.shape[0]
-                correct += n_correct
-                seen += t.shape[0]
-                pending += 1
-                if pending == self.log_every or step == self.steps_per_epoch - 1:
-                    # The only host syncs in the epoch: once per logging interval.
-                    mean_loss = float(loss_sum) / seen
-                    self.check_finite(mean_loss, step)
-                    if bar is not None:
-                        bar.update(pending)
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
-                    pending = 0
+            stats = self._resident_epoch(order, bar) if self._resident() else None
+            if stats is None:
+                stats = self._eager_epoch(order, bar)
             self.device.synchronize()
-        seconds = time.perf_counter() - start
         self.epoch += 1
-        return {"train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen, "seconds": seconds}
+        return {**stats, "seconds": time.perf_counter() - start}
+
+    def _eager_epoch(self, order, bar) -> dict:
+        xp, b = self.xp, self.batch_size
+        perm = None if order is None else backend.to_device(order, self.device)
+        loss_sum = xp.zeros((), dtype=self.dtype)
+        correct = xp.zeros((), dtype=xp.int64)
+
+        def run_step(k):
+            if perm is None:
+                x, t = self.x_train, self.t_train
+            else:
+                idx = perm[k * b:(k + 1) * b]
+                x, t = self.x_train[idx], self.t_train[idx]
+            loss, n_correct = self.step(x, t)
+            xp.add(loss_sum, loss * t.shape[0], out=loss_sum)
+            xp.add(correct, n_correct, out=correct)
+
+        return self._run_steps(run_step, loss_sum, correct, bar)
+
+    def _resident_epoch(self, order, bar) -> dict | None:
+        """The epoch through the device-resident step; None if its first step on a GPU failed (then
+        nothing was updated, and the caller trains the epoch eagerly)."""
+        if self._runner is None:
+            self._runner = graphstep.GraphRunner(self, capture=self.device.is_gpu)
+        schedule = self._schedule()
+        self.device.synchronize()  # the graphs' stream does not wait for the default stream
+        try:
+            with self._runner.epoch(order, schedule) as arrays:
+                stats = self._run_steps(self._runner.run, arrays.loss_sum, arrays.correct, bar)
+        except graphstep.GraphStepFailed as exc:
+            self._stop_graphs(f"the graph step failed ({exc})")
+            return None
+        opt = self.optimizer
+        opt.step_count += len(schedule)
+        opt.lr = float(schedule[-1, 0])
+        return stats
+
+    def _run_steps(self, run_step, loss_sum, correct, bar) -> dict:
+        """Run the epoch's steps, ``run_step(k)``, with the loss and correct-prediction sums on the device."""
+        steps, b, n = self.steps_per_epoch, self.batch_size, self.n_train
+        pending = 0
+        for k in range(steps):
+            run_step(k)
+            pending += 1
+            if pending == self.log_every or k == steps - 1:
+                # The only host syncs in the epoch: once per logging interval.
+                seen = min((k + 1) * b, n)
+                mean_loss = float(loss_sum) / seen
+                self.check_finite(mean_loss, k)
+                if bar is not None:
+                    bar.update(pending)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
+                pending = 0
+        return {"train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
 
     def step(self, x, t):
         """One optimizer step on the batch ``(x, t)``; returns the batch's mean loss and
