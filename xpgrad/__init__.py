@@ -2,4 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .backend import get_array_module, get_device, to_device, to_numpy  # noqa: E402,F401
+_BACKEND_NAMES = ("get_array_module", "get_device", "to_device", "to_numpy")
+
+
+def __getattr__(name):
+    # Loaded on first use, not at import: the command line installs its signal
+    # handlers before NumPy and CuPy load (they take most of a second), so a
+    # Ctrl-C at start-up ends cleanly too.
+    if name in _BACKEND_NAMES:
+        from . import backend  # noqa: PLC0415
+
+        return getattr(backend, name)
+    raise AttributeError(f"module 'xpgrad' has no attribute {name!r}")

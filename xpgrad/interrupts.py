@@ -1,0 +1,73 @@
+"""Signals as exceptions, so that SIGINT, SIGTERM and SIGHUP end a command cleanly.
+
+:func:`install` (the CLI calls it first thing) turns each of these signals into
+:class:`Interrupted`, raised in the main thread, so ``finally`` blocks and
+context managers run: a temp file being written is removed, a lock released.
+The CLI then exits with the shell's code for the signal, 128 + its number
+(130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
+
+A few steps must not be split by a signal, e.g. creating a temp file and
+taking note of it so that it can be removed. They run under :func:`shielded`:
+a signal arriving there is held and delivered again as the block ends.
+Without :func:`install` (xpgrad used as a library) Python's own handling
+applies and :func:`shielded` changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+#: The signals that end a command; SIGPIPE is not among them (Python ignores it,
+#: so a closed pipe is an OSError where it is written, see xpgrad.console).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process received ``signum``; a subclass of KeyboardInterrupt, so ``except KeyboardInterrupt`` sees it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell reports for a process ended by this signal."""
+        return 128 + self.signum
+
+
+_state = {"depth": 0, "held": [], "raised": False}
+
+
+def _handle(signum, frame):
+    if _state["raised"]:
+        # Already unwinding from the first signal: a second Ctrl-C must not cut the cleanup short.
+        return
+    if _state["depth"]:
+        if signum not in _state["held"]:
+            _state["held"].append(signum)
+        return
+    _state["raised"] = True
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only)."""
+    _state.update(depth=0, held=[], raised=False)
+    for signum in SIGNALS:
+        signal.signal(signum, _handle)
+
+
+@contextlib.contextmanager
+def shielded():
+    """Hold signals for the duration of the block, then deliver them."""
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        if not _state["depth"] and _state["held"]:
+            held, _state["held"] = _state["held"], []
+            # raise_signal runs the handler before it returns, so Interrupted starts here.
+            for signum in held:
+                signal.raise_signal(signum)
