@@ -5,6 +5,8 @@ the first) the process reaches POINT:
 
 * ``kill``: SIGKILL, so nothing is cleaned up (a power cut, the OOM killer);
 * ``int``, ``term``, ``hup``: that signal, sent to the process itself;
+* ``stop``: SIGSTOP, so a test can change the world (remove ``--out``, say)
+  and then let the process go on with SIGCONT;
 * an errno name such as ``ENOSPC`` or ``EIO``: an OSError raised there.
 
 The points are ``<file>:<stage>`` inside :func:`xpgrad.files.atomic_write`
@@ -23,7 +25,8 @@ import os
 import signal
 
 ENV = "XPGRAD_FAULT"
-_SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM, "hup": signal.SIGHUP}
+_SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM, "hup": signal.SIGHUP,
+            "stop": signal.SIGSTOP}
 _seen: dict[str, int] = {}
 
 

@@ -54,6 +54,8 @@ def _run(trainer, folder, history, log) -> dict:
     if trainer.epoch:  # the checkpoint rules: repair metrics.jsonl before anything else
         _write(folder, folder.metrics, lambda: folder.write_metrics(history))
     if trainer.epoch >= trainer.config.epochs:
+        # A run stopped after its last checkpoint: complete its folder, then say so.
+        _write(folder, folder.curves, lambda: plot_curves(history, folder.curves))
         raise XpgradError(f"nothing to train: the checkpoint already has {trainer.epoch} epochs; raise --epochs")
     folder.clear_for_new_run()
     try:
