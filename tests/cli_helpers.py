@@ -46,6 +46,21 @@ def xpgrad(*args, tmp_path, env=None, launcher=False, **kwargs) -> subprocess.Co
                           timeout=TIMEOUT, **kwargs)
 
 
+_MEASURE = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
+
+
+def xpgrad_peak_memory(*args, tmp_path, env=None) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``xpgrad ARGS`` and return it with its peak resident memory, in MiB.
+
+    A wrapper process runs it, so RUSAGE_CHILDREN covers this one command only.
+    """
+    report = tmp_path / "peak-rss"
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(report), *command(*args)], capture_output=True,
+                          text=True, env=child_env(tmp_path, env), timeout=TIMEOUT)
+    return proc, int(report.read_text()) // 1024
+
+
 def start(*args, tmp_path, env=None, **kwargs) -> subprocess.Popen:
     """Start ``xpgrad ARGS`` without waiting; stdout and stderr are pipes (text)."""
     kwargs.setdefault("stdout", subprocess.PIPE)

@@ -291,20 +291,25 @@ def _whole_in(value, limit: int) -> bool:
 
 
 def _checked_metrics(rows, epoch: int) -> list:
-    """The metrics history: one row per completed epoch, 1..epoch, with finite numbers."""
-    if not isinstance(rows, list) or len(rows) != epoch:
-        raise ValueError(f"its metrics do not hold one row for each of its {epoch} epochs")
-    for i, row in enumerate(rows, start=1):
-        check_metrics_row(row, i)
+    """The metrics history: valid rows of epochs 1..``epoch`` in order (one per epoch, unless a
+    format-1 checkpoint's metrics.jsonl had lost some when it was resumed)."""
+    if not isinstance(rows, list):
+        raise ValueError("its metrics are not a list of rows")
+    previous = 0
+    for row in rows:
+        number = check_metrics_row(row)
+        if not previous < number <= epoch:
+            raise ValueError(f"its metrics hold a row for epoch {number} out of order, or past its epoch {epoch}")
+        previous = number
     return rows
 
 
-def check_metrics_row(row, epoch: int) -> None:
-    """Raise ValueError unless ``row`` is the metrics of ``epoch``: the keys of METRIC_KEYS, finite numbers."""
-    if not isinstance(row, dict) or set(row) != set(METRIC_KEYS) or type(row["epoch"]) is not int \
-            or row["epoch"] != epoch:
-        raise ValueError(f"its metrics row for epoch {epoch} is malformed")
+def check_metrics_row(row) -> int:
+    """The epoch of a metrics row; ValueError unless it has the keys of METRIC_KEYS and finite numbers."""
+    if not isinstance(row, dict) or set(row) != set(METRIC_KEYS) or type(row["epoch"]) is not int:
+        raise ValueError(f"its metrics row {str(row)[:80]} is malformed")
     for key in METRIC_KEYS[1:]:
         value = row[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"its metrics row for epoch {epoch} has {key} {value!r}")
+            raise ValueError(f"its metrics row for epoch {row['epoch']} has {key} {value!r}")
+    return row["epoch"]

@@ -150,7 +150,7 @@ class Config:
             try:
                 setattr(config, name, check(getattr(config, name)))
             except ValueError as exc:
-                raise XpgradError(f"config field {name} {exc}") from None
+                raise XpgradError(f"config field {name}: {exc}") from None
         return config
 
     def to_dict(self) -> dict:

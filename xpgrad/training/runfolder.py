@@ -196,21 +196,23 @@ def read_metrics(path, limit: int = 64 << 20) -> list[dict]:
 def recover_metrics(path, epochs: int) -> tuple[list[dict], str | None]:
     """Rows 1..``epochs`` from a metrics.jsonl, for a checkpoint that does not hold them (format 1).
 
-    Returns the rows that are whole and in order, and what was wrong (None if nothing).
+    Returns the rows that are whole, in order and not past ``epochs`` (a later
+    run's rows are dropped), and what was missing (None if nothing).
     """
     try:
         rows = read_metrics(path)
     except (OSError, ValueError) as exc:
         return [], f"{path} cannot be read ({type(exc).__name__}: {exc})"
     good = []
-    for epoch, row in enumerate(rows[:epochs], start=1):
+    for row in rows:
         try:
-            check_metrics_row(row, epoch)
+            number = check_metrics_row(row)
         except ValueError:
-            break
-        good.append(row)
+            continue
+        if (good[-1]["epoch"] if good else 0) < number <= epochs:
+            good.append(row)
     if len(good) < epochs:
-        return good, f"{path} holds whole rows for epochs 1..{len(good)} only, of {epochs}"
+        return good, f"{path} holds whole rows for {len(good)} of the {epochs} epochs"
     return good, None
 
 
