@@ -106,7 +106,7 @@ def _fetch(pooch, url: str, target: Path, file: IdxFile, progress: bool) -> tupl
     try:
         with atomic_write(target, check=check) as f:
             sink = _BoundedSink(f, file.max_download, url)
-            downloader = pooch.HTTPDownloader(progressbar=bar if bar is not None else False, timeout=DOWNLOAD_TIMEOUT)
+            downloader = pooch.HTTPDownloader(progressbar=bar or False, timeout=DOWNLOAD_TIMEOUT)
             downloader(url, sink, None)
     finally:
         if bar is not None:
@@ -139,10 +139,43 @@ class _BoundedSink:
         self.f.flush()
 
 
+class _DownloadBar:
+    """The progress bar pooch's downloader drives, shown once pooch knows the size (it sets ``total`` first)."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+
+    def __bool__(self) -> bool:  # pooch asks "is there a progress bar?" before any size is known
+        return True
+
+    @property
+    def total(self):
+        return self.bar.total if self.bar is not None else None
+
+    @total.setter
+    def total(self, size):
+        from tqdm.auto import tqdm  # noqa: PLC0415 - optional extra
+
+        self.close()
+        self.bar = tqdm(total=size or None, desc=f"downloading {self.name}", unit="B", unit_scale=True,
+                        leave=False, dynamic_ncols=True)
+
+    def update(self, n) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def reset(self) -> None:
+        if self.bar is not None:
+            self.bar.reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _progress_bar(name: str):
     try:
-        from tqdm.auto import tqdm  # noqa: PLC0415 - optional
+        import tqdm  # noqa: F401, PLC0415 - optional extra
     except ImportError:
         return None
-    # total is set by pooch from Content-Length; a tqdm with no total has no truth value.
-    return tqdm(total=1, desc=f"downloading {name}", unit="B", unit_scale=True, dynamic_ncols=True)
+    return _DownloadBar(name)
