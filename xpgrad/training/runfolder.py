@@ -20,16 +20,17 @@ import fcntl
 import json
 import os
 import stat
+import tempfile
 
 from ..checkpoint import METRIC_KEYS, check_metrics_row, peek_epoch
 from ..errors import CheckpointError, XpgradError
 from ..files import atomic_write, kind_of, open_regular, remove_stale_temps
+from ..interrupts import shielded
 
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.npz"
 CURVES = "curves.png"
 LOCK = ".xpgrad.lock"
-_WRITE_TEST = ".write-test"
 OUTPUTS = (CHECKPOINT, METRICS, CURVES)
 
 
@@ -57,9 +58,10 @@ class RunFolder:
     def open(cls, path, *, fresh: bool, overwrite: bool = False) -> "RunFolder":
         folder = cls(path)
         folder._create()
-        folder._lock()
         try:
-            for name in (*OUTPUTS, _WRITE_TEST):
+            with shielded():  # a signal now would leave the lock file behind
+                folder._lock()
+            for name in OUTPUTS:
                 remove_stale_temps(folder.path, name)
             folder._check_outputs()
             if fresh:
@@ -83,9 +85,8 @@ class RunFolder:
             raise RunFolderError(f"--out {out} is a file, not a folder; pass a folder for the run's outputs")
         try:
             os.makedirs(out, exist_ok=True)
-            with atomic_write(os.path.join(out, _WRITE_TEST)):
+            with tempfile.TemporaryFile(dir=out):  # unnamed (O_TMPFILE): nothing to leave behind
                 pass
-            os.unlink(os.path.join(out, _WRITE_TEST))
         except OSError as exc:
             raise RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); "
                                  "pass a folder you can write to") from None
@@ -113,14 +114,15 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the lock (and remove the lock file while still holding it)."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is None:
-            return
-        path = os.path.join(self.path, LOCK)
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(path)
-        os.close(fd)
+        with shielded():
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is None:
+                return
+            path = os.path.join(self.path, LOCK)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
+            os.close(fd)
 
     def _check_outputs(self) -> None:
         """Every output is absent or a file, so no epoch of work is lost to a write that cannot succeed."""
