@@ -31,6 +31,8 @@ from .cli_helpers import (
     xpgrad_peak_memory,
 )
 
+pytestmark = pytest.mark.slow  # a subprocess per case, about a second each; CI runs them
+
 RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
 # What a tiny run costs (Python, NumPy, CuPy's import); far below the 1 GiB a bomb would take.
 MEMORY_BOUND_MIB = 400

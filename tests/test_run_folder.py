@@ -30,6 +30,8 @@ from .cli_helpers import (
     xpgrad,
 )
 
+pytestmark = pytest.mark.slow  # a subprocess per case, about a second each; CI runs them
+
 RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
 
 
@@ -329,3 +331,13 @@ def test_out_of_memory_for_the_batch_blames_the_batch(tmp_path):
                   launcher=True, env={"XPGRAD_TEST_ADDRESS_SPACE": str(150 << 20)})
     line = assert_user_error(proc, "out of memory in epoch 1: a batch of 4096 rows")
     assert "use a smaller --batch-size" in line and f"no checkpoint is kept in {tmp_path / 'out'}" in line
+
+
+def test_an_out_or_lock_that_is_not_what_it_should_be_is_one_line(tiny, tmp_path):
+    data, _ = tiny
+    assert_user_error(xpgrad("train", *RUN, "--data-dir", data, "--out", "/dev/null", tmp_path=tmp_path),
+                      "--out /dev/null is a character device, not a folder")
+    out = tmp_path / "out"
+    (out / ".xpgrad.lock").mkdir(parents=True)
+    assert_user_error(xpgrad("train", *RUN, "--data-dir", data, "--out", out, tmp_path=tmp_path),
+                      f"cannot lock --out {out} (.xpgrad.lock: ")

@@ -125,10 +125,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     """Run the ``xpgrad`` command line; returns the exit status."""
-    interrupts.install()
-    console.guard()
-    warnings.showwarning = _show_warning
     try:
+        interrupts.install()
+        console.guard()
+        warnings.showwarning = _show_warning
         args = build_parser().parse_args(argv)
         if args.command in ("info", "gradcheck"):
             console.stop_when_stdout_closes()
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         detail = getattr(exc, "detail", None)
-        print(f"xpgrad: interrupted by {exc}" + (f"; {detail}" if detail else ""), file=sys.stderr)
+        name = str(exc) if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+        print(f"xpgrad: interrupted by {name}" + (f"; {detail}" if detail else ""), file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     except console.StdoutClosed:
         return console.EXIT_STDOUT_CLOSED
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
         print(f"xpgrad: error: out of memory ({one_line(exc, 200)})", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
-        sys.stdout.flush()
+        if isinstance(sys.stdout, console.GuardedStream):  # never raises: a closed stdout is not an error
+            sys.stdout.flush()
 
 
 def _command(name):
@@ -242,10 +244,7 @@ def _train(args, config, checkpoint, device, folder) -> dict:
     from .training import Trainer, run  # noqa: PLC0415
 
     dataset = _load_data(config, args.data_dir, progress=not args.quiet)
-    try:
-        trainer = Trainer(config, dataset, device=device, progress=not args.quiet)
-    except MemoryError:
-        raise XpgradError(_setup_out_of_memory(config, dataset)) from None
+    trainer = _trainer(Trainer, config, dataset, device, progress=not args.quiet)
     if checkpoint:
         trainer.restore(checkpoint, args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch}")
@@ -277,6 +276,14 @@ def _load_data(config, data_dir, progress):
     return dataset
 
 
+def _trainer(Trainer, config, dataset, device, **options):
+    """``Trainer(config, dataset, device=device, **options)``; running out of memory there is one line."""
+    try:
+        return Trainer(config, dataset, device=device, **options)
+    except MemoryError:
+        raise XpgradError(_setup_out_of_memory(config, dataset)) from None
+
+
 def _setup_out_of_memory(config, dataset) -> str:
     import numpy  # noqa: PLC0415
 
@@ -299,7 +306,7 @@ def cmd_eval(args) -> int:
     _check_data_dir(config, args.data_dir)
     device = backend.get_device(args.device)
     dataset = _load_data(config, args.data_dir, progress=False)
-    trainer = Trainer(config, dataset, device=device, progress=False)
+    trainer = _trainer(Trainer, config, dataset, device, progress=False)
     trainer.restore(checkpoint, args.checkpoint)
     result = trainer.evaluate()
     print(f"test loss {result['test_loss']:.4f}, test accuracy {result['test_accuracy']:.2%} "

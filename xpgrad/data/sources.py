@@ -28,7 +28,7 @@ MIN_SPEED = 50_000
 
 def cache_dir(name: str) -> Path:
     """The user cache folder for dataset ``name``."""
-    root = os.environ.get(CACHE_ENV)
+    root = os.environ.get(CACHE_ENV, "").strip()  # empty or blank: not set
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME", "")
         base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
@@ -38,7 +38,7 @@ def cache_dir(name: str) -> Path:
 
 def system_dir(name: str) -> Path:
     """The system-wide folder for dataset ``name`` (e.g. Debian's)."""
-    return Path(os.environ.get(SYSTEM_ENV) or SYSTEM_DATA_DIR) / name
+    return Path(os.environ.get(SYSTEM_ENV, "").strip() or SYSTEM_DATA_DIR) / name
 
 
 def obtain(spec: DatasetSpec, file: IdxFile, data_dir: str | None, progress: bool) -> tuple[np.ndarray, str]:
@@ -80,7 +80,8 @@ def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool,
         raise DataError(f"cannot create {folder} to download {where} ({exc.strerror}); "
                         f"set {CACHE_ENV} or pass --data-dir to a writable folder") from None
     remove_stale_temps(folder, file.fname)
-    mirrors = ([os.environ[MIRROR_ENV]] if os.environ.get(MIRROR_ENV) else []) + list(spec.mirrors)
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    mirrors = ([mirror] if mirror else []) + list(spec.mirrors)
     tried = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + file.fname

@@ -82,7 +82,8 @@ class RunFolder:
     def _create(self) -> None:
         out = self.path
         if os.path.exists(out) and not os.path.isdir(out):
-            raise RunFolderError(f"--out {out} is a file, not a folder; pass a folder for the run's outputs")
+            what = "a file" if os.path.isfile(out) else kind_of(os.stat(out).st_mode)
+            raise RunFolderError(f"--out {out} is {what}, not a folder; pass a folder for the run's outputs")
         try:
             os.makedirs(out, exist_ok=True)
             with tempfile.TemporaryFile(dir=out):  # unnamed (O_TMPFILE): nothing to leave behind
@@ -92,9 +93,18 @@ class RunFolder:
                                  "pass a folder you can write to") from None
 
     def _lock(self) -> None:
-        path = os.path.join(self.path, LOCK)
+        try:
+            self._lock_fd = self._take_lock(os.path.join(self.path, LOCK))
+        except OSError as exc:
+            raise RunFolderError(f"cannot lock --out {self.path} ({LOCK}: {exc.strerror or exc}); "
+                                 f"remove {os.path.join(self.path, LOCK)} if it is not a file, or pass another --out") from None
+
+    def _take_lock(self, path) -> int:
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(0, "not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -110,7 +120,7 @@ class RunFolder:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        return fd
 
     def close(self) -> None:
         """Release the lock (and remove the lock file while still holding it)."""
