@@ -148,6 +148,7 @@ def main(argv=None) -> int:
         print(f"xpgrad: error: out of memory ({one_line(exc, 200)})", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
+        interrupts.settle()
         if isinstance(sys.stdout, console.GuardedStream):  # never raises: a closed stdout is not an error
             sys.stdout.flush()
 

@@ -36,12 +36,13 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-_state = {"depth": 0, "held": [], "raised": False}
+_state = {"depth": 0, "held": [], "raised": False, "settled": False}
 
 
 def _handle(signum, frame):
-    if _state["raised"]:
-        # Already unwinding from the first signal: a second Ctrl-C must not cut the cleanup short.
+    if _state["raised"] or _state["settled"]:
+        # Already unwinding from the first signal (a second Ctrl-C must not cut the cleanup
+        # short), or the command's work is done and the process is only exiting.
         return
     if _state["depth"]:
         if signum not in _state["held"]:
@@ -53,9 +54,15 @@ def _handle(signum, frame):
 
 def install() -> None:
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only)."""
-    _state.update(depth=0, held=[], raised=False)
+    _state.update(depth=0, held=[], raised=False, settled=False)
     for signum in SIGNALS:
         signal.signal(signum, _handle)
+
+
+def settle() -> None:
+    """The command is done: a signal from now on (while the interpreter shuts down) is ignored, so
+    it can neither print a traceback nor change the exit status of work that is complete."""
+    _state["settled"] = True
 
 
 @contextlib.contextmanager
