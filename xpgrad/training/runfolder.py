@@ -166,8 +166,11 @@ class RunFolder:
 
     def clear_for_new_run(self) -> None:
         """``--overwrite``: remove the earlier run's outputs, as the new run starts training."""
-        if self.replacing:
-            for path in (self.checkpoint, self.metrics, self.curves):
+        if not self.replacing:
+            return
+        # What is derived from the checkpoint goes first, so a kill halfway leaves a resumable run.
+        with shielded():
+            for path in (self.curves, self.metrics, self.checkpoint):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self.replacing = False
