@@ -125,8 +125,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     """Run the ``xpgrad`` command line; returns the exit status."""
+    previous = None
     try:
-        interrupts.install()
+        previous = interrupts.install()
         console.guard()
         warnings.showwarning = _show_warning
         args = build_parser().parse_args(argv)
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
         print(f"xpgrad: error: out of memory ({one_line(exc, 200)})", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
-        interrupts.settle()
+        # Called as the command (argv None): ignore late signals; called from Python: put the handlers back.
+        interrupts.settle(previous if argv is not None else None)
         if isinstance(sys.stdout, console.GuardedStream):  # never raises: a closed stdout is not an error
             sys.stdout.flush()
 

@@ -52,17 +52,23 @@ def _handle(signum, frame):
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only)."""
+def install() -> dict:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only); returns the handlers replaced."""
     _state.update(depth=0, held=[], raised=False, settled=False)
-    for signum in SIGNALS:
-        signal.signal(signum, _handle)
+    return {signum: signal.signal(signum, _handle) for signum in SIGNALS}
 
 
-def settle() -> None:
-    """The command is done: a signal from now on (while the interpreter shuts down) is ignored, so
-    it can neither print a traceback nor change the exit status of work that is complete."""
+def settle(previous: dict | None = None) -> None:
+    """The command is done: put back ``previous`` handlers (xpgrad called from Python), or, for the
+    process that is the command, ignore these signals from now on.
+
+    Ignoring them (SIG_IGN, which the interpreter keeps while it shuts down,
+    unlike a Python handler) means a signal arriving as the process exits can
+    neither print a traceback nor turn the status of finished work into a kill.
+    """
     _state["settled"] = True
+    for signum in SIGNALS:
+        signal.signal(signum, previous[signum] if previous else signal.SIG_IGN)
 
 
 @contextlib.contextmanager
