@@ -321,3 +321,11 @@ def xpgrad_fused(enabled: bool):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: message`` of an exception on one line, cut at ``limit`` characters."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
+def config_dataset(name: str) -> str:
+    """The ``Config.dataset`` for data called ``name``: its own name when it is a registered
+    dataset, else ``idx`` (arrays of one's own, which is what random benchmark data is)."""
+    from xpgrad.data import DATASETS
+
+    return name if name in DATASETS else "idx"

@@ -277,7 +277,7 @@ def main(argv=None, trainer_class=Trainer) -> int:
         dataset = smoke_dataset()
     else:
         dataset = get_dataset("fashion-mnist" if args.data_dir else "auto", args.data_dir)
-    config = Config.from_recipe("default", dataset=dataset.name)
+    config = Config.from_recipe("default", dataset=common.config_dataset(dataset.name))
     where = facts["gpu"]["name"] if on_gpu else f"cpu-{facts['host']}"
 
     def save(m, goals=None):

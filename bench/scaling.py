@@ -60,7 +60,7 @@ def measure_shape(batch, width, dataset, device, names, repeats, deadline, compi
 
     A compile starts only while ``reserve`` seconds are left for the timed epochs of this and later shapes.
     """
-    config = Config.from_recipe("default", dataset=dataset.name, batch_size=batch, hidden=(width,))
+    config = Config.from_recipe("default", dataset=common.config_dataset(dataset.name), batch_size=batch, hidden=(width,))
     impls, reasons = build_impls(names, config, dataset, device)
     records = turns.run_in_turns(impls, repeats, deadline, compile_limit, reserve)
     epochs = turns.epoch_summaries(records)

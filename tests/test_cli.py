@@ -8,16 +8,15 @@ with downloads switched off so nothing reaches the network.
 import gzip
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xpgrad import backend
+
+from .cli_helpers import assert_user_error, temp_files, xpgrad
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -28,28 +27,8 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
-def xpgrad(*args, tmp_path, env=None):
-    full_env = {**os.environ, "XPGRAD_OFFLINE": "1", "XPGRAD_CACHE_DIR": str(tmp_path / "cache"),
-                "XPGRAD_SYSTEM_DATA_DIR": str(tmp_path / "no-system-data"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "xpgrad.cli", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, timeout=300)
-
-
-def assert_user_error(proc, *fragments, code=None):
-    """Non-zero exit, no traceback, and exactly one line on stderr that says what is wrong."""
-    assert proc.returncode != 0, proc.stdout
-    if code is not None:
-        assert proc.returncode == code
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert re.match(r"^xpgrad( \w+)?: error: ", lines[0]), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def no_temp_files(folder):
-    return [p.name for p in Path(folder).rglob("*") if p.name.endswith(".tmp")] == []
+    return temp_files(folder) == []
 
 
 @pytest.fixture

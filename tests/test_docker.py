@@ -9,7 +9,12 @@ No Docker daemon is needed: the real ``Dockerfile`` is built with buildah
   stays in buildah's storage, and its rootfs tarball under
   ``$XPGRAD_DOCKER_CACHE`` (default ``~/.cache/xpgrad-docker``), so only the
   first run pays for debootstrap;
-* ``CUDA_EXTRA=cpu``, the CPU variant, since the build host has no GPU.
+* ``CUDA_EXTRA=cpu``, the CPU variant; and ``CUDA_EXTRA=cuda12``, the GPU
+  image's CuPy, checked as far as a machine without a GPU can: CuPy imports,
+  ``xpgrad info --device cuda`` says in one line why CUDA is not usable, and
+  every fused kernel's CUDA source compiles with NVRTC inside the image (a
+  test-only layer, ``tests/docker/Containerfile.kernel-check``, adds pytest
+  and NVRTC's pip wheel, standing in for the CUDA toolkit of the real base).
 
 The build itself uses buildah's layer cache, so later runs rebuild only what
 changed (usually just the layer holding xpgrad's own source).
@@ -42,6 +47,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 MAKE_BASE = ROOT / "tests" / "docker" / "make_base.sh"
 BASE_IMAGE = "localhost/xpgrad-base:bookworm"
 IMAGE = "localhost/xpgrad-test:cpu"
+CUDA_IMAGE = "localhost/xpgrad-test:cuda12"
+KERNEL_CHECK_IMAGE = "localhost/xpgrad-test:cuda12-kernel-check"
+KERNEL_CHECK = ROOT / "tests" / "docker" / "Containerfile.kernel-check"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 CACHE = Path(os.environ.get("XPGRAD_DOCKER_CACHE") or Path.home() / ".cache" / "xpgrad-docker")
 FASHION = Path(os.environ.get("XPGRAD_DOCKER_FASHION_DIR") or "/usr/share/datasets/fashion-mnist")
@@ -49,7 +57,7 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 CA_CERTS = Path("/etc/ssl/certs")
 
-BUILD_TIMEOUT = 900  # seconds; a cold build is ~3 minutes here
+BUILD_TIMEOUT = 1200  # seconds; a cold build is ~3 minutes here (CPU), more with CuPy's wheel
 RUN_TIMEOUT = 300
 
 
@@ -106,9 +114,8 @@ def test_every_hadolint_ignore_is_explained():
 # Build
 
 
-@pytest.fixture(scope="module")
-def image():
-    """Build the real Dockerfile (CPU variant) on the Debian stand-in base; yield its name."""
+def _ensure_base() -> None:
+    """Skip (with the reason) without buildah, debootstrap or root; else make or reuse the stand-in base."""
     if shutil.which("buildah") is None:
         _skip("buildah is not installed (apt-get install buildah, or run .ci/docker-tools.sh)")
     if _image_id(BASE_IMAGE) is None and not (CACHE / "rootfs-bookworm.tgz").is_file():
@@ -117,18 +124,21 @@ def image():
                   "(apt-get install debootstrap, or run .ci/docker-tools.sh)")
         if os.geteuid() != 0:
             _skip("making the base image with debootstrap needs root")
-
     proc = subprocess.run(["sh", str(MAKE_BASE), BASE_IMAGE], capture_output=True, text=True,
                           timeout=BUILD_TIMEOUT, env={**os.environ, "XPGRAD_DOCKER_CACHE": str(CACHE)})
     assert proc.returncode == 0, f"make_base.sh failed:\n{_tail(proc.stdout + proc.stderr)}"
 
-    cmd = BUILDAH + ["bud", "--format", "docker", "--isolation", "chroot", "--layers",
-                     "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "CUDA_EXTRA=cpu"]
+
+def _build(tag: str, dockerfile: Path, context: Path, **build_args) -> str:
+    """``buildah bud`` with the layer cache, so a rebuild redoes only the layers whose inputs changed."""
+    cmd = BUILDAH + ["bud", "--format", "docker", "--isolation", "chroot", "--layers"]
+    for key, value in build_args.items():
+        cmd += ["--build-arg", f"{key}={value}"]
     if CA_CERTS.is_dir():
         # pip in the build verifies PyPI against the host's CA bundle, which may
         # hold a site's proxy CA; the mount is not part of the image.
         cmd += ["-v", f"{CA_CERTS}:{CA_CERTS}:ro"]
-    cmd += ["-f", str(DOCKERFILE), "-t", IMAGE, str(ROOT)]
+    cmd += ["-f", str(dockerfile), "-t", tag, str(context)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     assert proc.returncode == 0, f"buildah bud failed:\n{_tail(proc.stdout + proc.stderr)}"
     if os.environ.get("XPGRAD_DOCKER_PRUNE", "1").strip().lower() not in ("0", "false", "no", "off"):
@@ -136,7 +146,14 @@ def image():
         # images would add about 1 GB; drop dangling ones (untagged, unused,
         # not a parent of anything: never this build's layer cache).
         subprocess.run(BUILDAH + ["rmi", "--prune"], capture_output=True, timeout=BUILD_TIMEOUT)
-    return IMAGE
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image():
+    """Build the real Dockerfile (CPU variant) on the Debian stand-in base; yield its name."""
+    _ensure_base()
+    return _build(IMAGE, DOCKERFILE, ROOT, BASE_IMAGE=BASE_IMAGE, CUDA_EXTRA="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +295,48 @@ def test_default_command_with_mounted_volumes(container, config, tmp_path):
     out = runs / "fashion-mnist-default"
     assert (out / "checkpoint.npz").stat().st_size > 0
     _check_metrics((out / "metrics.jsonl").read_text(), str(out / "metrics.jsonl"))
+
+
+# ---------------------------------------------------------------------------
+# The CUDA 12 image, short of a GPU
+
+
+@pytest.fixture(scope="module")
+def cuda_container():
+    """A container of the real Dockerfile built with CUDA_EXTRA=cuda12 (CuPy), plus the kernel-check layer."""
+    _ensure_base()
+    _build(CUDA_IMAGE, DOCKERFILE, ROOT, BASE_IMAGE=BASE_IMAGE, CUDA_EXTRA="cuda12")
+    _build(KERNEL_CHECK_IMAGE, KERNEL_CHECK, KERNEL_CHECK.parent, IMAGE=CUDA_IMAGE)
+    name = f"xpgrad-test-cuda-{uuid.uuid4().hex[:8]}"
+    subprocess.run(BUILDAH + ["from", "--name", name, KERNEL_CHECK_IMAGE], capture_output=True, text=True, check=True)
+    yield name
+    subprocess.run(BUILDAH + ["rm", name], capture_output=True)
+
+
+def test_cuda12_image_has_cupy_and_no_gpu_here(cuda_container):
+    proc = run_in(cuda_container, "xpgrad", "info")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert lines["cupy"].split(".")[0] in ("13", "14"), proc.stdout  # cupy-cuda12x imported
+    assert "is installed but CUDA is not usable" in lines["gpu:"], proc.stdout
+
+
+def test_cuda12_info_device_cuda_is_one_clear_line(cuda_container):
+    proc = run_in(cuda_container, "sh", "-c", "xpgrad info --device cuda 2>&1 >/dev/null; echo exit=$?")
+    *lines, status = proc.stdout.strip().splitlines()
+    assert status == "exit=1", proc.stdout
+    assert len(lines) == 1 and "Traceback" not in proc.stdout, proc.stdout
+    assert lines[0].startswith("xpgrad: error: no usable GPU for --device cuda: CuPy "), lines[0]
+    assert "is installed but CUDA is not usable" in lines[0]
+
+
+def test_cuda12_kernels_compile_with_the_nvrtc_in_the_image(cuda_container):
+    """tests/test_kernels_compile.py itself, run inside the image against its CuPy and NVRTC."""
+    tests = ROOT / "tests"
+    proc = run_in(cuda_container, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-m", "not slow",
+                  "/src/tests/test_kernels_compile.py", volumes=[f"{tests}:/src/tests:ro"],
+                  env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, _tail(proc.stdout + proc.stderr)
+    assert "NVRTC cannot be loaded" not in proc.stdout and " failed" not in proc.stdout
+    passed = int(proc.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
+    assert passed >= 100, proc.stdout  # one case per kernel, dtype binding and layout

@@ -47,7 +47,7 @@ CORRUPTIONS = {
     "labels as images": (IMAGES, lambda: T10K_LABELS.read_bytes(), "holds labels where images"),
     "wrong dims": (IMAGES, lambda: gz(set_byte(payload(T10K_IMAGES), 15, 27)), "28x27, expected 28x28"),
     "truncated": (IMAGES, lambda: gz(payload(T10K_IMAGES)[:-100]), "truncated"),
-    "trailing bytes": (LABELS, lambda: gz(payload(T10K_LABELS) + b"\0" * 5), "5 trailing bytes"),
+    "trailing bytes": (LABELS, lambda: gz(payload(T10K_LABELS) + b"\0" * 5), "trailing bytes: more than the 10008"),
     "label out of range": (LABELS, lambda: gz(set_byte(payload(T10K_LABELS), 8 + 17, 10)), "label 10 at index 17"),
     "label count": (LABELS, lambda: gz(labels_with_count(9999)), "holds 9999 labels, expected 10000"),
     "test images as train": ("train-images-idx3-ubyte.gz", lambda: T10K_IMAGES.read_bytes(), "wrong split"),

@@ -74,7 +74,7 @@ def test_resume_is_bit_exact_on_cpu(tmp_path, optimizer):
 
     resumed = Trainer(config, data, progress=False)
     resumed.restore(checkpoint, "checkpoint.npz")
-    run(resumed, str(tmp_path / "split"), log=lambda *_: None)
+    run(resumed, str(tmp_path / "split"), history=checkpoint["metrics"], log=lambda *_: None)
 
     for name, value in straight.model.params.items():
         assert np.array_equal(resumed.model.params[name], value), name
@@ -92,6 +92,26 @@ def test_checkpoint_holds_everything_and_loads_without_pickle(tmp_path):
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ckpt["config"]["optimizer"] == "adam"
     assert ckpt["dataset_checksum"] == "synthetic-0"
+
+
+def test_the_checkpoint_holds_the_metrics_history_and_metrics_jsonl_is_written_from_it(tmp_path):
+    trainer = Trainer(small_config(epochs=2), synthetic_dataset(), progress=False)
+    run(trainer, str(tmp_path), log=lambda *_: None)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert checkpoint["format"] == 2 and [r["epoch"] for r in checkpoint["metrics"]] == [1, 2]
+    assert read_metrics(tmp_path / "metrics.jsonl") == checkpoint["metrics"]
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path):
+    run(Trainer(small_config(epochs=1), synthetic_dataset(), progress=False), str(tmp_path), log=lambda *_: None)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(XpgradError, match="already holds a run whose checkpoint is at epoch 1"):
+        run(Trainer(small_config(epochs=1), synthetic_dataset(), progress=False), str(tmp_path), log=lambda *_: None)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    run(Trainer(small_config(epochs=1, seed=8), synthetic_dataset(), progress=False), str(tmp_path),
+        overwrite=True, log=lambda *_: None)
+    assert (tmp_path / "checkpoint.npz").read_bytes() != before
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "curves.png", "metrics.jsonl"]
 
 
 def test_restore_rejects_other_data(tmp_path):

@@ -1,7 +1,28 @@
 """xpgrad: small, readable autodiff that runs on NumPy (CPU) and CuPy (CUDA) from one source."""
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .backend import get_array_module, get_device, to_device, to_numpy  # noqa: E402,F401
-from . import functional, nn  # noqa: E402,F401
-from .tensor import Tensor, no_grad  # noqa: E402,F401
+# Public names and the module each comes from. They load on first use, not at
+# import: the command line installs its signal handlers before NumPy and CuPy
+# load (they take most of a second), so a Ctrl-C at start-up ends cleanly too.
+_NAMES = {
+    "get_array_module": "backend", "get_device": "backend", "to_device": "backend", "to_numpy": "backend",
+    "Tensor": "tensor", "no_grad": "tensor",
+}
+_MODULES = ("backend", "functional", "nn", "tensor")
+
+__all__ = [*_NAMES, "functional", "nn"]
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'xpgrad' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

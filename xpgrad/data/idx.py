@@ -1,13 +1,18 @@
-"""The IDX file format (MNIST's): read one file, gzip or plain, and check everything about it.
+"""The IDX file format (MNIST's): read one file, gzip or plain, with bounds, and check everything about it.
 
 An IDX file is a big-endian header (a magic number whose last byte is the
 number of dimensions, then one uint32 per dimension) followed by the raw
 bytes. Images are ``0x00000803`` (N, rows, cols), labels ``0x00000801`` (N,).
+
+Files are untrusted: the header is read first and checked against what is
+expected (the registry's count and image size, when known), and the rest is
+read, and decompressed, only up to the size the header announces: reading
+stops at the first byte past it, so a small ``.gz`` that inflates to
+gigabytes costs no more memory than the file it claims to be.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 import re
@@ -17,32 +22,94 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .registry import SPLIT_SIZES, IdxFile
+from ..files import open_regular
+from .registry import IMAGE_SHAPE, SPLIT_SIZES, IdxFile
 
 IMAGE_MAGIC = 0x00000803  # ubyte, 3 dims
 LABEL_MAGIC = 0x00000801  # ubyte, 1 dim
-IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 
 FIX = "delete it to re-download, or pass --data-dir with good copies"
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 _STANDARD_NAME = re.compile(r"^(train|t10k)-(images-idx3|labels-idx1)-ubyte(\.gz)?$")
 
 
-def _read_bytes(path: Path) -> tuple[bytes, bytes]:
-    """The file's raw bytes and its IDX payload (decompressed when it is gzip)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the path, or pass --data-dir to the folder with it") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions or pass --data-dir") from None
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw, raw
-    try:
-        return raw, gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataError(f"{path}: corrupt gzip data ({exc}); {FIX}") from None
+class _Corrupt(Exception):
+    """The gzip stream is damaged; the message says how."""
+
+
+class _Payload:
+    """The IDX bytes of an open file, gzip or plain, read in order and hashed on the way.
+
+    ``read(n)`` returns up to ``n`` bytes, fewer only at the end of the data.
+    ``raw_limit`` bounds the file bytes read (set once the header gives the size).
+    """
+
+    def __init__(self, f, raw_hash):
+        self.f, self.raw_hash = f, raw_hash
+        self.raw_read, self.raw_limit = 0, None
+        self.pending = f.read(2)
+        self._count(self.pending)
+        self.gz = self.pending == _GZIP_MAGIC
+        self.inflate = zlib.decompressobj(wbits=31) if self.gz else None
+
+    def _count(self, chunk: bytes) -> None:
+        self.raw_read += len(chunk)
+        self.raw_hash.update(chunk)
+
+    def _raw(self, n: int = _CHUNK) -> bytes:
+        if self.pending:
+            chunk, self.pending = self.pending, b""
+            return chunk
+        if self.raw_limit is not None and self.raw_read > self.raw_limit:
+            raise _Corrupt(f"more than {self.raw_limit} compressed bytes, more than any gzip of its payload")
+        chunk = self.f.read(n)
+        self._count(chunk)
+        return chunk
+
+    def read(self, n: int) -> bytes:
+        if not self.gz:
+            return self._plain(n)
+        out = bytearray()
+        while len(out) < n:
+            data = self._next_input()
+            if data is None:
+                break
+            out += self.inflate.decompress(data, n - len(out))
+        return bytes(out)
+
+    def _plain(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = self._raw(min(_CHUNK, n - got))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def _next_input(self) -> bytes | None:
+        """The next compressed bytes to inflate, None at the clean end of the last gzip member."""
+        if self.inflate.unconsumed_tail:
+            return self.inflate.unconsumed_tail
+        if not self.inflate.eof:
+            data = self._raw()
+            if not data:
+                raise _Corrupt("compressed data ended early (the file is cut short)")
+            return data
+        rest = self.inflate.unused_data
+        while len(rest) < 2:
+            more = self._raw()
+            if not more:
+                break
+            rest += more
+        if not rest:
+            return None
+        if not rest.startswith(_GZIP_MAGIC):
+            raise _Corrupt(f"{len(rest)}+ bytes of garbage after the gzip data")
+        self.inflate = zlib.decompressobj(wbits=31)  # another gzip member follows
+        return rest
 
 
 def _expected_from_name(path: Path) -> tuple[str | None, int | None]:
@@ -53,39 +120,33 @@ def _expected_from_name(path: Path) -> tuple[str | None, int | None]:
     return match.group(2).split("-")[0], SPLIT_SIZES[split]
 
 
-def _parse_idx(payload: bytes, path: Path, kind: str | None, count: int | None) -> np.ndarray:
-    """Check an IDX payload against ``kind`` and ``count`` (None: not checked); return a writable array."""
-    if len(payload) < 4:
-        raise DataError(f"{path}: only {len(payload)} bytes, too short for an IDX header; {FIX}")
-    magic = int.from_bytes(payload[:4], "big")
+def _parse_header(head: bytes, label: str, kind, count, image_shape) -> tuple[str, tuple, int]:
+    """(kind found, dims, header size) from the first bytes; every mismatch is a DataError."""
+    if len(head) < 4:
+        raise DataError(f"{label}: only {len(head)} bytes, too short for an IDX header; {FIX}")
+    magic = int.from_bytes(head[:4], "big")
     found = {IMAGE_MAGIC: "images", LABEL_MAGIC: "labels"}.get(magic)
     if found is None:
         raise DataError(
-            f"{path}: not an MNIST IDX file (magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
+            f"{label}: not an MNIST IDX file (magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
             f"for images or 0x{LABEL_MAGIC:08x} for labels, unsigned bytes); {FIX}"
         )
     if kind is not None and found != kind:
-        raise DataError(f"{path}: holds {found} where {kind} are expected (magic 0x{magic:08x}); "
+        raise DataError(f"{label}: holds {found} where {kind} are expected (magic 0x{magic:08x}); "
                         f"the files are mixed up: {FIX}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(payload) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(payload)} bytes, need {header}); {FIX}")
-    dims = tuple(int.from_bytes(payload[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if found == "images" and dims[1:] != IMAGE_SHAPE:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28; {FIX}")
-    size = header + math.prod(dims)
-    if len(payload) != size:
-        problem = "truncated" if len(payload) < size else f"{len(payload) - size} trailing bytes"
-        raise DataError(f"{path}: {problem}: {len(payload)} bytes, but its header {dims} "
-                        f"needs exactly {size}; {FIX}")
+    if len(head) < header:
+        raise DataError(f"{label}: truncated IDX header ({len(head)} bytes, need {header}); {FIX}")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if found == "images" and image_shape is not None and dims[1:] != tuple(image_shape):
+        want = "x".join(map(str, image_shape))
+        raise DataError(f"{label}: images are {dims[1]}x{dims[2]}, expected {want}; {FIX}")
+    if found == "images" and 0 in dims[1:]:
+        raise DataError(f"{label}: images of {dims[1]}x{dims[2]} pixels hold nothing; {FIX}")
     if count is not None and dims[0] != count:
-        raise DataError(f"{path}: {_count_problem(dims[0], count, found)}; {FIX}")
-    array = np.frombuffer(payload, np.uint8, offset=header).reshape(dims).copy()
-    if found == "labels" and array.size and array.max() >= NUM_CLASSES:
-        bad = int(np.argmax(array >= NUM_CLASSES))
-        raise DataError(f"{path}: label {array[bad]} at index {bad} is outside 0..{NUM_CLASSES - 1}; {FIX}")
-    return array
+        raise DataError(f"{label}: {_count_problem(dims[0], count, found)}; {FIX}")
+    return found, dims, header
 
 
 def _count_problem(found: int, expected: int, kind: str) -> str:
@@ -98,34 +159,80 @@ def _count_problem(found: int, expected: int, kind: str) -> str:
     return f"holds {found} {kind}, expected {expected}{per_image}"
 
 
-def read_idx(path, kind: str | None = None, count: int | None = None) -> np.ndarray:
-    """Read one IDX file (gzip or plain) into a uint8 array, checking everything.
+def read_file(path: Path, kind, count, image_shape, num_classes, raw_algorithm="sha256", label=None):
+    """(array, payload sha256, ``raw_algorithm`` digest of the file's bytes) of one IDX file.
 
-    Images come back as (N, 28, 28), labels as (N,). ``kind`` ("images" or
-    "labels") and ``count`` (N) are checked when given; when not given and the
-    file has a standard name (``train-images-idx3-ubyte.gz`` ...), they are taken
+    ``kind``, ``count`` and ``image_shape`` are checked when not None (see
+    :func:`read_idx`); ``label`` names the file in messages (default: its path).
+    """
+    label = label or str(path)
+    raw_hash, payload_hash = hashlib.new(raw_algorithm), hashlib.sha256()
+    try:
+        with open_regular(path) as f:
+            stream = _Payload(f, raw_hash)
+            head = stream.read(16 if kind != "labels" else 8)
+            found, dims, header = _parse_header(head, label, kind, count, image_shape)
+            size = header + math.prod(dims)
+            stream.raw_limit = size + size // 100 + (1 << 16)  # deflate never grows data by more
+            body = bytearray(head)
+            while len(body) < size:
+                chunk = stream.read(min(16 * _CHUNK, size - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+            extra = stream.read(1) if len(body) == size else b""
+    except FileNotFoundError:
+        raise DataError(f"{label}: file not found; check the path, or pass --data-dir to the folder with it") from None
+    except OSError as exc:
+        raise DataError(f"{label}: cannot read it ({exc.strerror or exc}); check it, or pass --data-dir "
+                        "to a folder with good copies") from None
+    except (_Corrupt, zlib.error, EOFError) as exc:
+        raise DataError(f"{label}: corrupt gzip data ({exc}); {FIX}") from None
+    if len(body) < size:
+        raise DataError(f"{label}: truncated: {len(body)} bytes, but its header {dims} needs exactly {size}; {FIX}")
+    if len(body) > size or extra:
+        raise DataError(f"{label}: trailing bytes: more than the {size} bytes its header {dims} needs "
+                        f"(reading stopped at the first byte past them); {FIX}")
+    payload_hash.update(body)
+    array = np.frombuffer(body, np.uint8, offset=header).reshape(dims)
+    if found == "labels" and array.size and int(array.max()) >= num_classes:
+        bad = int(np.argmax(array >= num_classes))
+        raise DataError(f"{label}: label {array[bad]} at index {bad} is outside 0..{num_classes - 1}; {FIX}")
+    return array, payload_hash.hexdigest(), raw_hash.hexdigest()
+
+
+def read_idx(path, kind: str | None = None, count: int | None = None, *,
+             image_shape=IMAGE_SHAPE, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Read one IDX file (gzip or plain) into a writable uint8 array, checking everything.
+
+    Images come back as (N, rows, cols), labels as (N,). ``kind`` ("images" or
+    "labels"), ``count`` (N) and ``image_shape`` ((rows, cols); None: any) are
+    checked when given; when ``kind`` and ``count`` are not given and the file
+    has a standard name (``train-images-idx3-ubyte.gz`` ...), they are taken
     from the name, so a test file under a train name is a "wrong split" error.
-    Any problem raises :class:`DataError` naming the file and the fix.
+    Labels must be below ``num_classes``. Only regular files are read. Any
+    problem raises :class:`DataError` naming the file and the fix.
     """
     path = Path(path)
     name_kind, name_count = _expected_from_name(path)
-    _, payload = _read_bytes(path)
-    return _parse_idx(payload, path, kind or name_kind, count if count is not None else name_count)
+    return read_file(path, kind or name_kind, count if count is not None else name_count, image_shape, num_classes)[0]
 
 
-def read_verified(path: Path, spec: IdxFile) -> tuple[np.ndarray, str]:
-    """Read ``path`` as ``spec`` and check its checksum; return the array and payload sha256."""
-    raw, payload = _read_bytes(path)
-    array = _parse_idx(payload, path, spec.kind, spec.count)
-    payload_sha256 = hashlib.sha256(payload).hexdigest()
-    if payload_sha256 == spec.payload_sha256:
-        return array, payload_sha256
+def read_verified(path: Path, spec: IdxFile, label: str | None = None) -> tuple[np.ndarray, str]:
+    """Read ``path`` as ``spec`` and check its checksum; return the array and payload sha256.
+
+    A file is accepted when its bytes match ``spec.gz_hash`` or its IDX payload
+    matches ``spec.payload_sha256``. ``label`` names the file in messages
+    (default: its path).
+    """
+    label = label or str(path)
     algorithm, expected_gz = spec.gz_hash.split(":")
-    actual_gz = hashlib.new(algorithm, raw).hexdigest()
-    if actual_gz == expected_gz:
+    array, payload_sha256, actual_gz = read_file(Path(path), spec.kind, spec.count, IMAGE_SHAPE, NUM_CLASSES,
+                                             algorithm, label)
+    if payload_sha256 == spec.payload_sha256 or actual_gz == expected_gz:
         return array, payload_sha256
     payload_part = f"payload sha256 {payload_sha256}"
     if spec.payload_sha256:
         payload_part += f" (expected {spec.payload_sha256})"
-    raise DataError(f"{path}: checksum mismatch: file {algorithm} {actual_gz} (expected {expected_gz}), "
+    raise DataError(f"{label}: checksum mismatch: file {algorithm} {actual_gz} (expected {expected_gz}), "
                     f"{payload_part}; {FIX}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .. import faults
 from ..errors import DataError, one_line
+from ..files import atomic_write, remove_stale_temps
 from .idx import read_verified
 from .registry import DatasetSpec, IdxFile
 
@@ -19,11 +22,13 @@ OFFLINE_ENV = "XPGRAD_OFFLINE"  # "1": never download, only use files already on
 SYSTEM_DATA_DIR = "/usr/share/datasets"
 #: requests' (connect, read) timeouts in seconds; the read one is per chunk, not total.
 DOWNLOAD_TIMEOUT = (10.0, 30.0)
+#: the slowest average download accepted, in bytes per second (a 10 MB file may take 4 minutes)
+MIN_SPEED = 50_000
 
 
 def cache_dir(name: str) -> Path:
     """The user cache folder for dataset ``name``."""
-    root = os.environ.get(CACHE_ENV)
+    root = os.environ.get(CACHE_ENV, "").strip()  # empty or blank: not set
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME", "")
         base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
@@ -33,15 +38,15 @@ def cache_dir(name: str) -> Path:
 
 def system_dir(name: str) -> Path:
     """The system-wide folder for dataset ``name`` (e.g. Debian's)."""
-    return Path(os.environ.get(SYSTEM_ENV) or SYSTEM_DATA_DIR) / name
+    return Path(os.environ.get(SYSTEM_ENV, "").strip() or SYSTEM_DATA_DIR) / name
 
 
 def obtain(spec: DatasetSpec, file: IdxFile, data_dir: str | None, progress: bool) -> tuple[np.ndarray, str]:
     """One file's array and payload sha256, from the first place with a valid copy."""
     if data_dir is not None:
         path = Path(data_dir).expanduser() / file.fname
-        if not path.exists():
-            _download(spec, file, path.parent, progress, skipped=[])
+        if not os.path.lexists(path):
+            return _download(spec, file, path.parent, progress, skipped=[])
         return read_verified(path, file)
 
     skipped = []
@@ -53,13 +58,12 @@ def obtain(spec: DatasetSpec, file: IdxFile, data_dir: str | None, progress: boo
             except DataError as exc:
                 skipped.append(str(exc))
                 warnings.warn(f"skipping a bad copy: {exc}", stacklevel=3)
-    target = cache_dir(spec.name)
-    _download(spec, file, target, progress, skipped)
-    return read_verified(target / file.fname, file)
+    return _download(spec, file, cache_dir(spec.name), progress, skipped)
 
 
-def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool, skipped: list[str]) -> None:
-    """Download ``file`` into ``folder`` from the first mirror that serves a good copy."""
+def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool,
+              skipped: list[str]) -> tuple[np.ndarray, str]:
+    """Download ``file`` into ``folder`` from the first mirror that serves a good copy; return it read."""
     where = f"{spec.name} {file.fname}"
     if os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         found_bad = f" (bad copies skipped: {' | '.join(skipped)})" if skipped else ""
@@ -75,25 +79,104 @@ def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool, sk
     except OSError as exc:
         raise DataError(f"cannot create {folder} to download {where} ({exc.strerror}); "
                         f"set {CACHE_ENV} or pass --data-dir to a writable folder") from None
-    mirrors = ([os.environ[MIRROR_ENV]] if os.environ.get(MIRROR_ENV) else []) + list(spec.mirrors)
+    remove_stale_temps(folder, file.fname)
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    mirrors = ([mirror] if mirror else []) + list(spec.mirrors)
     tried = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + file.fname
         try:
-            downloader = pooch.HTTPDownloader(progressbar=progress and _have_tqdm(), timeout=DOWNLOAD_TIMEOUT)
-            pooch.retrieve(url, known_hash=file.gz_hash, fname=file.fname, path=folder, downloader=downloader)
-            return
-        except (OSError, ValueError) as exc:  # requests' errors are OSErrors; pooch's hash mismatch a ValueError
-            tried.append(f"{url} ({one_line(exc, 200)})")
+            return _fetch(pooch, url, folder / file.fname, file, progress)
+        except (OSError, ValueError, DataError) as exc:  # requests' errors are OSErrors
+            tried.append(f"{url} ({exc if isinstance(exc, DataError) else one_line(exc, 200)})")
     found_bad = f"; bad copies skipped: {' | '.join(skipped)}" if skipped else ""
     raise DataError(f"could not download {where} into {folder}: tried {'; '.join(tried) or 'no mirror'}{found_bad}; "
                     f"check the network, set {MIRROR_ENV} to a reachable mirror, or pass --data-dir "
                     "to a folder with the files")
 
 
-def _have_tqdm() -> bool:
+def _fetch(pooch, url: str, target: Path, file: IdxFile, progress: bool) -> tuple[np.ndarray, str]:
+    """Stream ``url`` into a temp file beside ``target`` through pooch's downloader, check it as a file
+    on disk is checked (upstream .gz hash or IDX payload hash), and only then move it into place."""
+    verified = []
+
+    def check(tmp):
+        verified.append(read_verified(Path(tmp), file, label=url))
+
+    bar = _progress_bar(file.fname) if progress else None
     try:
-        import tqdm  # noqa: F401
+        with atomic_write(target, check=check) as f:
+            sink = _BoundedSink(f, file.max_download, url)
+            downloader = pooch.HTTPDownloader(progressbar=bar or False, timeout=DOWNLOAD_TIMEOUT)
+            downloader(url, sink, None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return verified[0]
+
+
+class _BoundedSink:
+    """Where pooch writes a download: the temp file, up to ``limit`` bytes and a time budget.
+
+    An endless or slow-dripping mirror is cut off: no copy of the file can be
+    larger than ``limit``, and none takes longer than ``limit`` bytes at
+    ``MIN_SPEED`` bytes per second plus a minute.
+    """
+
+    def __init__(self, f, limit: int, url: str):
+        self.f, self.limit, self.url, self.size = f, limit, url, 0
+        self.deadline = time.monotonic() + 60 + limit / MIN_SPEED
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise DataError(f"sent more than {self.limit} bytes, more than any copy of the file can be; stopped there")
+        if time.monotonic() > self.deadline:
+            raise DataError(f"too slow: {self.size} bytes in {60 + self.limit / MIN_SPEED:.0f} s; stopped there")
+        self.f.write(chunk)
+        faults.reached("download:chunk")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _DownloadBar:
+    """The progress bar pooch's downloader drives, shown once pooch knows the size (it sets ``total`` first)."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+
+    def __bool__(self) -> bool:  # pooch asks "is there a progress bar?" before any size is known
+        return True
+
+    @property
+    def total(self):
+        return self.bar.total if self.bar is not None else None
+
+    @total.setter
+    def total(self, size):
+        from tqdm.auto import tqdm  # noqa: PLC0415 - optional extra
+
+        self.close()
+        self.bar = tqdm(total=size or None, desc=f"downloading {self.name}", unit="B", unit_scale=True,
+                        leave=False, dynamic_ncols=True)
+
+    def update(self, n) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def reset(self) -> None:
+        if self.bar is not None:
+            self.bar.reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar(name: str):
+    try:
+        import tqdm  # noqa: F401, PLC0415 - optional extra
     except ImportError:
-        return False
-    return True
+        return None
+    return _DownloadBar(name)

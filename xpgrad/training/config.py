@@ -6,6 +6,9 @@ import dataclasses
 import math
 
 from ..errors import XpgradError
+from ..model import INITS
+from ..optim import OPTIMIZERS
+from .heads import HEADS
 
 # What each recipe sets; command-line options override single fields.
 RECIPES = {
@@ -24,6 +27,82 @@ RECIPES = {
     ),
 }
 DTYPES = ("float32", "float64")
+NORMALIZATIONS = ("scale", "standardize")
+SCHEDULES = ("constant", "cosine")
+
+
+# ---------------------------------------------------------------------------
+# The rule for each field, shared by the command line (xpgrad.cli parses the
+# text, then applies the rule) and by checkpoints (Config.from_dict): a value
+# that the command line refuses is refused in a checkpoint too. Each rule
+# returns the value (normalized) or raises ValueError with the reason.
+
+
+def whole_number(minimum: int):
+    """The rule for a whole number of at least ``minimum`` (bools are not numbers here)."""
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < minimum:
+            words = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            raise ValueError(f"{words}, got {value}")
+        return value
+    return check
+
+
+def positive_number(value) -> float:
+    """The rule for a finite number above zero (the learning rate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"must be a positive number, got {value}")
+    return float(value)
+
+
+def widths(value) -> tuple:
+    """The rule for hidden layer widths: one or more whole numbers of at least 1."""
+    ok = isinstance(value, (list, tuple)) and value and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
+    if not ok:
+        raise ValueError(f"must be one or more positive widths, like 100 or 1024,1024; got {value!r}")
+    return tuple(value)
+
+
+def one_of(choices):
+    """The rule for one of ``choices`` (looked up when checked, so registries may grow)."""
+    def check(value):
+        options = tuple(choices() if callable(choices) else choices)
+        if not isinstance(value, str) or value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+    return check
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _datasets():
+    from ..data import CUSTOM, DATASETS  # noqa: PLC0415 - the registry may gain entries (tests add some)
+
+    return (*DATASETS, CUSTOM)
+
+
+RULES = {
+    "dataset": one_of(_datasets), "recipe": one_of(RECIPES), "epochs": whole_number(1),
+    "batch_size": whole_number(0), "optimizer": one_of(OPTIMIZERS), "lr": positive_number,
+    "dtype": one_of(DTYPES), "seed": whole_number(0), "hidden": widths, "init": one_of(INITS),
+    "input_bias": _flag, "head": one_of(HEADS), "normalize": one_of(NORMALIZATIONS),
+    "schedule": one_of(SCHEDULES), "momentum": _fraction,
+}
 
 
 @dataclasses.dataclass
@@ -48,19 +127,30 @@ class Config:
 
     @classmethod
     def from_recipe(cls, recipe: str = "default", **overrides) -> "Config":
+        """The recipe's config with the given fields replaced (None: keep the recipe's); validated."""
         if recipe not in RECIPES:
             raise XpgradError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         fields = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
         config = cls(recipe=recipe, **fields)
-        config.hidden = tuple(config.hidden)
         config.validate()
         return config
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d) -> "Config":
+        """A config saved with :meth:`to_dict` (in a checkpoint), checked by the command line's rules.
+
+        Unknown keys are ignored, missing ones take their defaults; a value of
+        the wrong type or out of range raises XpgradError naming the field.
+        """
+        if not isinstance(d, dict):
+            raise XpgradError(f"the config is {type(d).__name__}, not a dict of fields")
         known = {f.name for f in dataclasses.fields(cls)}
         config = cls(**{k: v for k, v in d.items() if k in known})
-        config.hidden = tuple(config.hidden)
+        for name, check in RULES.items():
+            try:
+                setattr(config, name, check(getattr(config, name)))
+            except ValueError as exc:
+                raise XpgradError(f"config field {name}: {exc}") from None
         return config
 
     def to_dict(self) -> dict:
@@ -69,13 +159,9 @@ class Config:
         return d
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise XpgradError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
-        if self.epochs < 1:
-            raise XpgradError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 0:
-            raise XpgradError(f"--batch-size must be positive (or 0 for the full batch), got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise XpgradError(f"--lr must be a positive number, got {self.lr}")
-        if not self.hidden or not all(isinstance(w, int) and w >= 1 for w in self.hidden):
-            raise XpgradError(f"--hidden must be one or more positive widths, like 100 or 1024,1024; got {self.hidden}")
+        """Check every field by :data:`RULES`; raise XpgradError naming the option (``--batch-size ...``)."""
+        for name, check in RULES.items():
+            try:
+                setattr(self, name, check(getattr(self, name)))
+            except ValueError as exc:
+                raise XpgradError(f"--{name.replace('_', '-')} {exc}") from None

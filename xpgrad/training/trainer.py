@@ -217,11 +217,10 @@ class Trainer:
     def check_finite(self, loss: float, step: int) -> None:
         """Raise :class:`DivergenceError` if ``loss`` (of 0-based ``step`` in this epoch) is NaN or inf."""
         if not math.isfinite(loss):
-            kept = (f"the checkpoint of epoch {self.epoch} is kept" if self.epoch
-                    else "no checkpoint was written")
+            # What is kept on disk is for the caller to say (xpgrad.training.run looks).
             raise DivergenceError(
                 f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, step {step + 1}; "
-                f"lower --lr (now {self.config.lr:g}) or use another --recipe; {kept}"
+                f"lower --lr (now {self.config.lr:g}) or use another --recipe"
             )
 
     def evaluate(self, chunk=10000) -> dict:
@@ -240,7 +239,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------
 
-    def save(self, path) -> None:
+    def save(self, path, metrics=()) -> None:
+        """Write the run's state to ``path`` atomically, with ``metrics`` (one row per completed epoch)."""
         save_checkpoint(
             path,
             params=self.model.state_dict(),
@@ -249,6 +249,7 @@ class Trainer:
             epoch=self.epoch,
             config={**self.config.to_dict(), "normalization": [self.shift, self.scale]},
             dataset_checksum=self.dataset.checksum,
+            metrics=metrics,
         )
 
     def restore(self, checkpoint: dict, path: str) -> None:
