@@ -27,6 +27,8 @@ TIMEOUT = 300
 BASE_ENV = {"XPGRAD_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 #: The tiny run the many-instant tests repeat: 3 epochs of 8 steps on 8x8 images.
 TINY_RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "3", "--batch-size", "32", "--device", "cpu", "--quiet")
+# Two epochs: enough for a run folder with a history, a resume and a finished run.
+SHORT_RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
 
 
 def child_env(tmp_path, env=None) -> dict:
@@ -150,3 +152,13 @@ def write_idx_folder(folder, n_train=256, n_test=64, shape=(8, 8), classes=4, co
             (folder / f"{prefix}{word}-{kind}{suffix}").write_bytes(
                 gzip.compress(blob, compresslevel=1, mtime=0) if compress else blob)
     return folder
+
+
+def finished_run(base: Path) -> tuple[Path, Path]:
+    """A tiny IDX data folder under ``base``, and a finished, uninterrupted SHORT_RUN of it
+    (``base/reference``); tests copy the run before changing it."""
+    data = write_idx_folder(base / "data")
+    reference = base / "reference"
+    proc = xpgrad("train", *SHORT_RUN, "--data-dir", data, "--out", reference, tmp_path=base)
+    assert proc.returncode == 0, proc.stderr
+    return data, reference

@@ -14,8 +14,11 @@ import resource
 import sys
 from dataclasses import replace
 
-from xpgrad import cli, data
-from xpgrad import training  # noqa: F401 - imported before the address space is capped
+from xpgrad import (
+    cli,
+    data,
+    training,  # noqa: F401 - imported before the address space is capped
+)
 
 for name, mirrors in json.loads(os.environ.get("XPGRAD_TEST_MIRRORS", "{}")).items():
     data.DATASETS[name] = replace(data.DATASETS[name], mirrors=tuple(mirrors))

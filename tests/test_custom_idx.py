@@ -22,7 +22,14 @@ import pytest
 
 from xpgrad import data
 
-from .cli_helpers import assert_user_error, idx_bytes, learnable, temp_files, write_idx_folder, xpgrad
+from .cli_helpers import (
+    assert_user_error,
+    idx_bytes,
+    learnable,
+    temp_files,
+    write_idx_folder,
+    xpgrad,
+)
 
 TINY = ("--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
 

@@ -10,7 +10,12 @@ import signal
 import pytest
 
 from xpgrad import console, interrupts
-from xpgrad.files import NotRegularFileError, atomic_write, open_regular, remove_stale_temps
+from xpgrad.files import (
+    NotRegularFileError,
+    atomic_write,
+    open_regular,
+    remove_stale_temps,
+)
 
 
 @pytest.fixture

@@ -23,29 +23,26 @@ import numpy as np
 import pytest
 
 from .cli_helpers import (
+    SHORT_RUN,
     assert_same_run,
     assert_user_error,
+    finished_run,
     metrics,
-    write_idx_folder,
     xpgrad,
     xpgrad_peak_memory,
 )
 
 pytestmark = pytest.mark.slow  # a subprocess per case, about a second each; CI runs them
 
-RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
+RUN = SHORT_RUN
 # What a tiny run costs (Python, NumPy, CuPy's import); far below the 1 GiB a bomb would take.
 MEMORY_BOUND_MIB = 400
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hostile")
-    data = write_idx_folder(base / "data")
-    reference = base / "reference"
-    proc = xpgrad("train", *RUN, "--data-dir", data, "--out", reference, tmp_path=base)
-    assert proc.returncode == 0, proc.stderr
-    return data, reference
+    """The data, and a finished run of it."""
+    return finished_run(tmp_path_factory.mktemp("hostile"))
 
 
 def arrays_of(path) -> dict:

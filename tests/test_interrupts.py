@@ -24,12 +24,21 @@ import pytest
 
 from xpgrad.checkpoint import load_checkpoint, peek_epoch
 
-from .cli_helpers import assert_same_run, metrics, one_line, start, temp_files, write_idx_folder, xpgrad
+from .cli_helpers import (
+    SHORT_RUN,
+    assert_same_run,
+    finished_run,
+    metrics,
+    one_line,
+    start,
+    temp_files,
+    xpgrad,
+)
 
 pytestmark = pytest.mark.slow
 
 # 2 epochs: a first one, with nothing before it, and a last one, after which the curves are drawn.
-RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
+RUN = SHORT_RUN
 STAGES = ("opened", "written", "synced", "replaced")
 POINTS = [
     *(p for epoch in (1, 2) for p in (
@@ -47,12 +56,7 @@ NAMES = {"int": "SIGINT", "term": "SIGTERM", "hup": "SIGHUP"}
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The data, and the same run done without interruption."""
-    base = tmp_path_factory.mktemp("tiny-run")
-    data = write_idx_folder(base / "data")
-    reference = base / "reference"
-    proc = xpgrad("train", *RUN, "--data-dir", data, "--out", reference, tmp_path=base)
-    assert proc.returncode == 0, proc.stderr
-    return data, reference
+    return finished_run(tmp_path_factory.mktemp("tiny-run"))
 
 
 def finish(out, data, tmp_path):

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from .cli_helpers import (
+    SHORT_RUN,
     TINY_RUN,
     assert_same_run,
     assert_user_error,
     child_env,
     command,
+    finished_run,
     metrics,
     one_line,
     start,
@@ -32,18 +34,13 @@ from .cli_helpers import (
 
 pytestmark = pytest.mark.slow  # a subprocess per case, about a second each; CI runs them
 
-RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--quiet")
+RUN = SHORT_RUN
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The data, and a finished 2-epoch run of it (copy it before changing it)."""
-    base = tmp_path_factory.mktemp("run-folder")
-    data = write_idx_folder(base / "data")
-    reference = base / "reference"
-    proc = xpgrad("train", *RUN, "--data-dir", data, "--out", reference, tmp_path=base)
-    assert proc.returncode == 0, proc.stderr
-    return data, reference
+    return finished_run(tmp_path_factory.mktemp("run-folder"))
 
 
 def snapshot(folder) -> dict:
