@@ -17,19 +17,18 @@ softmax_cross_entropy_*       mean ``logsumexp(x) - x[label]``, and its gradient
 sgd_update                    ``p -= lr * g``
 momentum_update               ``v = mu * v + g; p -= lr * v``
 adam_update                   Adam with bias correction (PyTorch's)
+gather_batch                  rows ``order[step * B:][:rows]`` of x and t; ``step += 1``
+bias_relu_forward             ``h = max(h + b, 0)``
+bias_relu_backward            ``gx = gy * (y > 0)`` and its column sums
+bias_grad                     ``g.sum(axis=0)``
+softmax_cross_entropy_step    the loss, its gradient, and the loss and accuracy sums
 ============================  ==================================================
 
-and those of the device-resident training step, which read what changes
-from step to step (the batch, the learning rate) from arrays at a step
-counter, so that on a GPU a CUDA graph can replay them:
-
-==================================  ============================================
-gather_batch                        rows ``order[step * B:][:rows]`` of x and t
-bias_relu_forward                   ``h = max(h + b, 0)``
-bias_grad                           ``g.sum(axis=0)``
-softmax_cross_entropy_step          loss gradient, loss and accuracy sums, ``step += 1``
-sgd_step, momentum_step, adam_step  the updates, lr (and bias corrections) from a schedule
-==================================  ============================================
+Everything that changes from one training step to the next is read from
+device memory, never passed as a number, so that on a GPU a CUDA graph can
+record a step once and replay it: the updates read the learning rate from the
+optimizer's ``schedule`` table at its ``step`` counter (and advance it), and
+``gather_batch`` reads the batch number from its counter (and advances it).
 
 The row helpers (:func:`row_max`, :func:`row_sum`, :func:`logsumexp`) and the
 soft-target cross-entropy are generic only: no kernel replaces them.
@@ -50,8 +49,8 @@ import numpy
 from .backend import get_array_module
 from .backend.graph import matmul
 
-#: The device-resident step's functions here read the step counter on the
-#: host, so a CUDA graph cannot record them (xpgrad.kernels' can).
+#: The functions here read counters on the host, so a CUDA graph cannot
+#: record them (xpgrad.kernels' can).
 CAPTURE_SAFE = False
 
 # ---------------------------------------------------------------------------
@@ -184,35 +183,58 @@ def softmax_cross_entropy_backward(x, t, cache, gloss=None):
     return gx
 
 
-def sgd_update(param, grad, lr, work=None):
-    """In place: ``param -= lr * grad`` (same shapes); ``work`` is scratch of param's shape."""
+def schedule_lr(schedule, step) -> float:
+    """The learning rate of update number ``step + 1``: ``schedule[0] * schedule[1 + min(step, K - 1)]``.
+
+    ``schedule`` is an optimizer's float64 table on its device: the base learning
+    rate, then K factors, one per update from the first (the last one holds for
+    every later update); ``step`` counts the updates done. Python floats, so the
+    numbers are the ones an eager ``lr * factor(step)`` gives.
+    """
+    factors = schedule.shape[0] - 1
+    return float(schedule[0]) * float(schedule[1 + min(int(step), factors - 1)])
+
+
+def sgd_update(param, grad, schedule, step, advance=True, work=None):
+    """In place: ``param -= lr * grad`` (same shapes), lr from ``schedule`` at ``step`` (:func:`schedule_lr`);
+    then ``step += 1`` if ``advance``. ``work`` is scratch of param's shape."""
     xp = get_array_module(param, grad)
+    lr = schedule_lr(schedule, step)
     work = xp.multiply(grad, lr, out=work)
     param -= work
+    if advance:
+        step += 1
 
 
-def momentum_update(param, grad, velocity, lr, momentum, work=None):
-    """In place, PyTorch semantics: ``velocity = momentum * velocity + grad; param -= lr * velocity``."""
+def momentum_update(param, grad, velocity, schedule, step, momentum, advance=True, work=None):
+    """In place, PyTorch semantics: ``velocity = momentum * velocity + grad; param -= lr * velocity``
+    (lr and ``advance`` as in :func:`sgd_update`)."""
     xp = get_array_module(param, grad)
+    lr = schedule_lr(schedule, step)
     velocity *= momentum
     velocity += grad
     work = xp.multiply(velocity, lr, out=work)
     param -= work
+    if advance:
+        step += 1
 
 
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, work=None):
-    """In place Adam step (PyTorch semantics, with bias correction) for step = 1, 2, ...
+def adam_update(param, grad, m, v, schedule, step, beta1, beta2, eps, advance=True, work=None):
+    """In place Adam update number ``t = step + 1`` (PyTorch semantics, with bias correction):
 
     ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
-    param -= lr * (m / (1 - b1**step)) / (sqrt(v / (1 - b2**step)) + eps)``.
+    param -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``,
+    lr and ``advance`` as in :func:`sgd_update`.
     """
-    if step < 1:
-        raise ValueError(f"Adam step counts from 1, got {step}")
-    _adam(param, grad, m, v, beta1, beta2, eps, 1.0 / (1 - beta2**step), lr / (1 - beta1**step), work)
+    lr = schedule_lr(schedule, step)
+    t = int(step) + 1
+    _adam(param, grad, m, v, beta1, beta2, eps, 1.0 / (1 - beta2**t), lr / (1 - beta1**t), work)
+    if advance:
+        step += 1
 
 
 def _adam(param, grad, m, v, beta1, beta2, eps, inv_bc2, step_size, work):
-    """Adam's update given ``1 / (1 - b2^t)`` and ``lr / (1 - b1^t)``, as Python floats or scalars of param's dtype."""
+    """Adam's update given ``1 / (1 - b2^t)`` and ``lr / (1 - b1^t)`` as Python floats."""
     xp = get_array_module(param, grad)
     work = xp.empty_like(param) if work is None else work
     m *= beta1
@@ -232,18 +254,20 @@ def _adam(param, grad, m, v, beta1, beta2, eps, inv_bc2, step_size, work):
 
 
 # ---------------------------------------------------------------------------
-# The device-resident training step. On the CPU these read the step counter
-# on the host; what they compute is exactly what the eager step computes.
+# The training step's fused pieces. On the CPU these read the batch counter
+# on the host; what they compute is exactly what the separate ops compute.
 
 
 def gather_batch(x, t, order, step, batch_size, out_x, out_t):
-    """Batch ``step`` of an epoch: rows ``order[step * batch_size + r]`` of (n, D) x and (n,) t, for
-    ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t. ``order`` is int64, ``step`` a 0-d int64."""
+    """Batch number ``step`` of an epoch, then ``step += 1``: rows ``order[step * batch_size + r]`` of
+    (n, D) x and (n,) t, for ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t.
+    ``order`` is int64, ``step`` a 0-d int64."""
     xp = get_array_module(x, t, order)
     first = int(step) * batch_size
     rows = order[first:first + out_t.shape[0]]
     xp.take(x, rows, axis=0, out=out_x)
     xp.take(t, rows, axis=0, out=out_t)
+    step += 1
 
 
 def bias_relu_forward(h, b):
@@ -253,8 +277,17 @@ def bias_relu_forward(h, b):
     return xp.maximum(h, 0, out=h)
 
 
-def bias_grad(g, out):
-    """Column sums of (N, C) g into (C,) out: the gradient of a bias added to every row."""
+def bias_relu_backward(y, gy, gx=None, gb=None):
+    """The backward of :func:`bias_relu_forward` from its (N, C) output y: ``gx = gy`` where ``y > 0``, else 0,
+    and ``gb = gx.sum(axis=0)``, into ``gx`` and ``gb`` when given (``gy`` itself is never written).
+    Returns ``(gx, gb)``."""
+    xp = get_array_module(y, gy)
+    gx = xp.multiply(gy, y > 0, out=gx)
+    return gx, gx.sum(axis=0, out=gb)
+
+
+def bias_grad(g, out=None):
+    """Column sums of (N, C) g, into (C,) out when given: the gradient of a bias added to every row."""
     return g.sum(axis=0, out=out)
 
 
@@ -263,49 +296,19 @@ def softmax_cross_entropy_step_work(z):
     return None
 
 
-def softmax_cross_entropy_step(z, b, t, gz, loss_sum, correct, step, work=None):
-    """The loss end of a training step on (N, C) logits ``z + b`` (``b`` may be None) and (N,) labels t.
+def softmax_cross_entropy_step(z, t, gz, loss, loss_sum, correct, work=None):
+    """The loss end of a training step, forward and backward at once, for (N, C) logits z and (N,) labels t.
 
-    Writes the gradient of the mean loss into gz, ``(softmax - onehot) / N``;
-    adds the batch's summed loss to ``loss_sum`` (0-d, z's dtype) and its
-    number of correct predictions to ``correct`` (0-d int64); and counts the
-    step: ``step += 1`` (0-d int64). ``z`` is overwritten with the logits.
+    Writes the mean loss into ``loss`` (0-d, z's dtype) and its gradient into
+    ``gz``, ``(softmax - onehot) / N``; adds the batch's summed loss to
+    ``loss_sum`` (0-d, z's dtype) and its number of correct predictions to
+    ``correct`` (0-d int64).
     """
-    if b is not None:
-        z += b
-    loss, cache = softmax_cross_entropy_forward(z, t)
+    mean, cache = softmax_cross_entropy_forward(z, t)
+    loss[...] = mean
     gz[...] = softmax_cross_entropy_backward(z, t, cache)
-    loss_sum += loss * t.shape[0]
+    loss_sum += mean * t.shape[0]
     correct += (z.argmax(axis=1) == t).sum()
-    step += 1
-
-
-def _schedule_row(schedule, step, dtype):
-    """``(lr, 1 - beta1**t, 1 - beta2**t)`` of row ``step - 1``, as float64 scalars, and param's scalar type."""
-    lr, bc1, bc2 = schedule[int(step) - 1].tolist()
-    return lr, bc1, bc2, dtype.type
-
-
-def sgd_step(param, grad, schedule, step, work=None):
-    """:func:`sgd_update` with lr from row ``step - 1`` of the (steps, 3) float64 ``schedule``
-    (``step``: a 0-d int64 counting from 1)."""
-    # lr as a scalar of param's dtype: what a Python float becomes in sgd_update
-    # (NumPy's NEP 50), where a float64 array would compute in float64.
-    lr, _, _, scalar = _schedule_row(schedule, step, param.dtype)
-    sgd_update(param, grad, scalar(lr), work=work)
-
-
-def momentum_step(param, grad, velocity, schedule, step, momentum, work=None):
-    """:func:`momentum_update` with lr from row ``step - 1`` of ``schedule`` (see :func:`sgd_step`)."""
-    lr, _, _, scalar = _schedule_row(schedule, step, param.dtype)
-    momentum_update(param, grad, velocity, scalar(lr), momentum, work=work)
-
-
-def adam_step(param, grad, m, v, schedule, step, beta1, beta2, eps, work=None):
-    """:func:`adam_update` with lr and the bias corrections from row ``step - 1`` of ``schedule``,
-    ``(lr, 1 - beta1**t, 1 - beta2**t)`` for Adam's step t (see :func:`sgd_step`)."""
-    lr, bc1, bc2, scalar = _schedule_row(schedule, step, param.dtype)
-    _adam(param, grad, m, v, beta1, beta2, eps, scalar(1.0 / bc2), scalar(lr / bc1), work)
 
 
 # ---------------------------------------------------------------------------
