@@ -5,19 +5,81 @@ flowing into that output is kept in the node's ``gy`` slot while the pass
 runs: no tensor -> gradient map is needed, only a count of each node's
 pending consumers.
 
-Gradients are never updated in place. A node's gradient may be the very
-array another node received (``a + b`` hands ``gy`` to both), so every sum
-is a new array.
+Gradients flowing between nodes are never updated in place: a node's
+gradient may be the very array another node received (``a + b`` hands ``gy``
+to both), so every sum is a new array. A leaf's ``.grad`` is its own: a
+parameter made flat by :func:`xpgrad.nn.flatten_parameters` receives its
+gradient in its view of the flat gradient buffer, written there directly by
+the Function that computes it when it can (:func:`grad_destination`), and
+added to in place when gradients accumulate.
 """
 
 from __future__ import annotations
 
+import numpy
+
+from . import backend
+from .backend import get_array_module
+from .backend import graph as _graph
+
+_unit_seeds = {}
+
+
+def unit_seed(like):
+    """A ones array of ``like``'s shape, dtype and device, made once and reused: the gradient
+    ``loss.backward()`` starts from. Reusing it keeps a training step from filling a new one each time (a
+    kernel on a GPU), and lets a Function see that its output's gradient is exactly 1 (:func:`is_unit`)."""
+    device = backend.device_of(like)
+    key = (device, like.dtype, like.shape)
+    seed = _unit_seeds.get(key)
+    if seed is None:
+        with device:
+            seed = _unit_seeds[key] = device.xp.ones(like.shape, dtype=like.dtype)
+        if device.xp is numpy:
+            seed.flags.writeable = False  # nothing may write into a shared seed
+    return seed
+
+
+def is_unit(gy) -> bool:
+    """Whether ``gy`` is a seed of :func:`unit_seed`: the gradient of a loss with respect to itself, 1."""
+    return any(gy is seed for seed in _unit_seeds.values())
+
+
+def grad_destination(node, i: int):
+    """Where input ``i`` of ``node`` may receive its gradient directly: its view of a flat gradient buffer,
+    when it is a leaf parameter with no gradient yet in this pass, used only once by ``node``; else None.
+
+    A Function whose backward can write into a given array (``out=``) asks
+    here, so a flat parameter's gradient costs no copy.
+    """
+    x = node.inputs[i]
+    if x._grad_slot is None or x.grad is not None or x.creator is not None:
+        return None
+    if sum(1 for other in node.inputs if other is x) > 1:
+        return None
+    return x._grad_slot
+
 
 def accumulate(t, g) -> None:
-    """Add ``g`` to ``t.grad`` out of place, in ``t``'s dtype, as a writable array."""
+    """Add ``g`` to ``t.grad``, in ``t``'s dtype, as a writable array.
+
+    Out of place, except into a flat parameter's own view of the gradient buffer.
+    """
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
-    if t.grad is None:
+    slot = t._grad_slot
+    if slot is not None:
+        if t.grad is None:
+            if g is not slot:
+                slot[...] = g
+            t.grad = slot
+        elif t.grad is slot:
+            get_array_module(slot, g).add(slot, g, out=slot)
+        else:  # the user set .grad to an array of their own: copy it in, then add
+            slot[...] = t.grad
+            get_array_module(slot, g).add(slot, g, out=slot)
+            t.grad = slot
+    elif t.grad is None:
         # Broadcast views (from sum's backward) are read-only; a user may want to edit .grad.
         t.grad = g if g.flags.writeable else g.copy()
     else:
@@ -53,7 +115,12 @@ def run_backward(root, seed) -> None:
     ready = [root]
     try:
         while ready:
-            _run_node(ready.pop(), pending, ready)
+            node = ready.pop()
+            if _graph.recording:  # name the node if its backward cannot be recorded in a CUDA graph
+                with _graph.recording_op(f"{type(node).__name__} (backward)"):
+                    _run_node(node, pending, ready)
+            else:
+                _run_node(node, pending, ready)
     except BaseException:
         for node in pending:  # a failed pass leaves no partial sums behind for the next one
             node.gy = None

@@ -5,23 +5,26 @@ A checkpoint is a plain, uncompressed ``.npz`` that loads with ``allow_pickle=Fa
 ========================  ===============================================
 key                        value
 ========================  ===============================================
-``format``                 checkpoint format version (int): 2 (1 is still read)
+``format``                 checkpoint format version (int): 3 (1 and 2 are still read)
 ``epoch``                  epochs completed
-``config``                 the run's configuration, as a JSON string
+``config``                 the run's configuration, as a JSON string (its ``model`` is the ``--model`` spec)
+``model_sha256``           (format 3) the SHA-256 of the model's file, or "" for a built-in or module
 ``dataset_checksum``       sha256 of the dataset the run trained on
 ``rng_state``              the host RNG's state, as a JSON string
-``metrics``                (format 2) every completed epoch's metrics, a JSON list
-``param/<name>``           each parameter (``W1``, ``b1``, ...)
-``optim/<key>``            the optimizer's state (``step_count``, ``m/all``, ...)
+``metrics``                (format >= 2) every completed epoch's metrics, a JSON list
+``model/<name>``           (format 3) the model's ``state_dict()``: ``1.weight``, ``1.bias``, ...
+``optim/<key>``            the optimizer's ``state_dict()``: ``step_count``, ``lr``, ``m/1.weight``, ...
+``param/<name>``           (formats 1 and 2) the MLP's ``W1``, ``b1``, ...; their optimizer state is ``m/all``, ...
 ========================  ===============================================
 
 The checkpoint is the run's single source of truth: ``metrics.jsonl`` is
 rewritten from its ``metrics`` after every epoch, and rebuilt from it on
-resume. A checkpoint is untrusted input when read: only the keys above are
-read, each member's size is checked against what the config implies before
-it is read, only uncompressed members are accepted (so nothing read is
-larger than the file), and every value is checked (the config by the same
-rules as the command line, the parameters for NaN and inf).
+resume. A checkpoint is untrusted input when read: its metadata is read and
+checked first (the config by a rule the caller gives, the command line's);
+an array is read only when asked for by name, after its name, shape and
+dtype are checked against what the model expects; only uncompressed members
+are accepted (so nothing read is larger than the file); and NaN or infinite
+values are refused.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import zipfile
 
 import numpy
@@ -37,25 +39,13 @@ import numpy
 from .errors import CheckpointError, XpgradError
 from .files import NotRegularFileError, atomic_write, open_regular
 
-FORMAT = 2
-READABLE_FORMATS = (1, 2)
-PARAM_PREFIX = "param/"  # parameters are stored as param/<name>, here and in MLP.save
+FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+MODEL_PREFIX, OPTIM_PREFIX, LEGACY_PARAM_PREFIX = "model/", "optim/", "param/"
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 _META_LIMIT = 1 << 20  # bytes a metadata member may take (config, rng_state, ...)
 _METRICS_LIMIT = 64 << 20  # about 100,000 epochs of metrics
-_OPTIM_KEY = re.compile(r"^optim/(step_count|[a-z_]+/[A-Za-z0-9_]+)$")
 _CORRUPT = "resume from another checkpoint or start a new run"
-
-
-def param_arrays(params: dict) -> dict:
-    """Parameters by name -> the arrays of a checkpoint (``param/<name>``)."""
-    return {f"{PARAM_PREFIX}{k}": v for k, v in params.items()}
-
-
-def params_from(arrays) -> dict:
-    """The parameters by name in a checkpoint's arrays (a dict or an open ``NpzFile``)."""
-    keys = arrays.files if hasattr(arrays, "files") else list(arrays)
-    return {k[len(PARAM_PREFIX):]: arrays[k] for k in keys if k.startswith(PARAM_PREFIX)}
 
 
 def save_arrays(path, arrays: dict) -> None:
@@ -64,19 +54,21 @@ def save_arrays(path, arrays: dict) -> None:
         numpy.savez(f, **arrays)
 
 
-def save_checkpoint(path, *, params: dict, optimizer_state: dict, rng_state: dict, epoch: int,
-                    config: dict, dataset_checksum: str, metrics=()) -> None:
-    """Write a checkpoint atomically (all arrays must be host NumPy arrays; ``metrics``: one dict per epoch)."""
+def save_checkpoint(path, *, state: dict, optimizer_state: dict, rng_state: dict, epoch: int, config: dict,
+                    dataset_checksum: str, metrics=(), model_sha256: str | None = None) -> None:
+    """Write a checkpoint atomically. ``state``: the model's state_dict and ``optimizer_state`` the optimizer's,
+    as host NumPy arrays; ``metrics``: one dict per epoch."""
     arrays = {
         "format": numpy.asarray(FORMAT),
         "epoch": numpy.asarray(epoch),
         "config": numpy.asarray(json.dumps(config, sort_keys=True)),
+        "model_sha256": numpy.asarray(model_sha256 or ""),
         "dataset_checksum": numpy.asarray(dataset_checksum),
         "rng_state": numpy.asarray(json.dumps(rng_state)),
         "metrics": numpy.asarray(json.dumps(list(metrics))),
     }
-    arrays.update(param_arrays(params))
-    arrays.update({f"optim/{k}": v for k, v in optimizer_state.items()})
+    arrays.update({MODEL_PREFIX + k: v for k, v in state.items()})
+    arrays.update({OPTIM_PREFIX + k: v for k, v in optimizer_state.items()})
     save_arrays(path, arrays)
 
 
@@ -155,45 +147,128 @@ def _corrupt(path, exc: BaseException) -> CheckpointError:
                            f"({type(exc).__name__}: {exc}); {_CORRUPT}")
 
 
-def _reading(path, parse):
-    """``parse(archive)`` on the checkpoint at ``path``; every way a hostile file can fail is one CheckpointError."""
-    path = os.fspath(path)
+def _guarded(path, parse):
+    """``parse()``; every way a hostile file can fail is one CheckpointError."""
     try:
-        archive = _Archive(path)
-    except (CheckpointError, MemoryError):
-        raise
-    except Exception as exc:  # zipfile and numpy raise many kinds on a damaged file
-        raise _corrupt(path, exc) from None
-    try:
-        return parse(archive)
+        return parse()
     except (CheckpointError, MemoryError):
         raise
     except XpgradError as exc:
         raise CheckpointError(f"checkpoint {path} is not a valid xpgrad checkpoint: {exc}; {_CORRUPT}") from None
-    except Exception as exc:
+    except Exception as exc:  # zipfile, json and numpy raise many kinds on a damaged file
         raise _corrupt(path, exc) from None
-    finally:
-        archive.close()
+
+
+class Checkpoint:
+    """A checkpoint open for reading: its metadata read and checked, its arrays read on demand (:meth:`read`).
+
+    ``format``, ``epoch``, ``config`` (a dict, checked by the ``check_config``
+    given to :func:`load_checkpoint`), ``model_sha256`` ("" when none),
+    ``dataset_checksum``, ``rng_state``, ``metrics`` (a list of rows, or None
+    for format 1). Close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, path, check_config=None):
+        self.path = os.fspath(path)
+        self._archive = _guarded(self.path, lambda: _Archive(self.path))
+        try:
+            _guarded(self.path, lambda: self._read_metadata(check_config))
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_metadata(self, check_config) -> None:
+        archive = self._archive
+        self.format = _check_format(archive)
+        self.epoch = archive.whole("epoch")
+        self.config = json.loads(archive.text("config"))
+        if not isinstance(self.config, dict):
+            raise XpgradError(f"the config is {type(self.config).__name__}, not a dict of fields")
+        if check_config is not None:
+            check_config(self.config)
+        self.model_sha256 = archive.text("model_sha256") if archive.has("model_sha256") else ""
+        self.dataset_checksum = archive.text("dataset_checksum")
+        if not 0 < len(self.dataset_checksum) <= 128 or self.epoch < 0 or len(self.model_sha256) > 128:
+            raise ValueError("its epoch or checksums are out of range")
+        self.rng_state = _checked_rng_state(json.loads(archive.text("rng_state")))
+        self.metrics = (_checked_metrics(json.loads(archive.text("metrics", _METRICS_LIMIT)), self.epoch)
+                        if self.format >= 2 else None)
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def stored(self, prefix: str) -> dict:
+        """``{name: (shape, dtype)}`` of the arrays stored under ``prefix`` (from their headers only)."""
+        names = [n[len(prefix):-4] for n in self._archive.zip.namelist() if n.startswith(prefix) and n.endswith(".npy")]
+        return _guarded(self.path, lambda: {name: self._archive.header(prefix + name) for name in names})
+
+    def read(self, prefix: str, expected: dict, what: str = "this model") -> dict:
+        """The arrays under ``prefix`` by name, read only after their names, shapes and dtypes are checked against
+        ``expected`` (``{name: (shape, dtype)}``; a dtype of None accepts any number kind of the right shape)."""
+        stored = self.stored(prefix)
+        missing = [n for n in expected if n not in stored]
+        unexpected = [n for n in stored if n not in expected]
+        wrong = [f"{n} is {_describe(*stored[n])}, {what} needs {_describe(*expected[n])}"
+                 for n in expected if n in stored and not _fits(stored[n], expected[n])]
+        if missing or unexpected or wrong:
+            found = ([f"{what} has {_names(missing)} that the checkpoint lacks"] if missing else []) + \
+                    ([f"the checkpoint has {_names(unexpected)} that {what} lacks"] if unexpected else []) + wrong[:3]
+            raise CheckpointError(f"checkpoint {self.path} does not match {what}: {'; '.join(found)}; "
+                                  "resume with the model that wrote it, or start a new run")
+
+        def read_all():
+            arrays = {}
+            for name, (shape, dtype) in stored.items():
+                arrays[name] = self._archive.read(prefix + name, math.prod(shape) * dtype.itemsize)
+                if arrays[name].dtype.kind == "f" and not numpy.isfinite(arrays[name]).all():
+                    raise CheckpointError(f"checkpoint {self.path} holds NaN or infinite values in {prefix}{name}; "
+                                          "it cannot be evaluated or resumed: use an earlier checkpoint or start "
+                                          "a new run")
+            return arrays
+
+        return _guarded(self.path, read_all)
+
+
+def _fits(stored, expected) -> bool:
+    (shape, dtype), (want_shape, want_dtype) = stored, expected
+    if tuple(shape) != tuple(want_shape):
+        return False
+    return dtype.kind in "iuf" if want_dtype is None else dtype == numpy.dtype(want_dtype)
+
+
+def _describe(shape, dtype) -> str:
+    return f"{tuple(shape)} {'a number' if dtype is None else numpy.dtype(dtype)}"
+
+
+def _names(names) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def load_checkpoint(path, check_config=None) -> Checkpoint:
+    """Open and check a checkpoint; raise :class:`CheckpointError` with a one-line reason.
+
+    ``check_config(dict)`` raises XpgradError for a config the command line
+    would refuse (the training layer passes ``Config.from_dict``).
+    """
+    return Checkpoint(path, check_config)
 
 
 def peek_epoch(path) -> int:
     """The epoch a checkpoint holds, reading only its ``format`` and ``epoch``; CheckpointError if unreadable."""
-    return _reading(path, _epoch_of)
-
-
-def _epoch_of(archive: _Archive) -> int:
-    _check_format(archive)
-    return archive.whole("epoch")
-
-
-def load_checkpoint(path) -> dict:
-    """Read and check a checkpoint; raise :class:`CheckpointError` with a one-line reason.
-
-    Returns a dict: ``format``, ``epoch``, ``config`` (a dict, valid by the
-    command line's rules), ``dataset_checksum``, ``rng_state``, ``metrics`` (a
-    list of rows, or None for format 1), ``params`` and ``optimizer`` (host arrays).
-    """
-    return _reading(path, _load)
+    path = os.fspath(path)
+    archive = _guarded(path, lambda: _Archive(path))
+    try:
+        return _guarded(path, lambda: (_check_format(archive), archive.whole("epoch"))[1])
+    finally:
+        archive.close()
 
 
 def _check_format(archive: _Archive) -> int:
@@ -203,77 +278,8 @@ def _check_format(archive: _Archive) -> int:
     version = archive.whole("format")
     if version not in READABLE_FORMATS:
         raise CheckpointError(f"checkpoint {archive.path} has format {version}; this xpgrad reads formats "
-                              f"{' and '.join(map(str, READABLE_FORMATS))} (a newer xpgrad may read it)")
+                              f"{', '.join(map(str, READABLE_FORMATS))} (a newer xpgrad may read it)")
     return version
-
-
-def _load(archive: _Archive) -> dict:
-    from .training.config import Config  # noqa: PLC0415 - training imports this module
-
-    version = _check_format(archive)
-    epoch = archive.whole("epoch")
-    raw_config = json.loads(archive.text("config"))
-    config = Config.from_dict(raw_config)
-    checksum = archive.text("dataset_checksum")
-    if not 0 < len(checksum) <= 128 or epoch < 0:
-        raise ValueError("its epoch or dataset checksum is out of range")
-    rng_state = _checked_rng_state(json.loads(archive.text("rng_state")))
-    metrics = _checked_metrics(json.loads(archive.text("metrics", _METRICS_LIMIT)), epoch) if version >= 2 else None
-    params = _read_params(archive, config)
-    optimizer = _read_optimizer(archive, params)
-    for key, value in [*(("param/" + k, v) for k, v in params.items()), *(("optim/" + k, v) for k, v in optimizer.items())]:
-        if not numpy.isfinite(value).all():
-            raise CheckpointError(f"checkpoint {archive.path} holds NaN or infinite values in {key}; "
-                                  "it cannot be evaluated or resumed: use an earlier checkpoint or start a new run")
-    return {"format": version, "epoch": epoch, "config": raw_config, "dataset_checksum": checksum,
-            "rng_state": rng_state, "metrics": metrics, "params": params, "optimizer": optimizer}
-
-
-def _read_params(archive: _Archive, config) -> dict:
-    """The parameters, each checked against the shape the config implies before it is read."""
-    layers = len(config.hidden) + 1
-    first, _ = archive.header("param/W1")
-    last, _ = archive.header(f"param/W{layers}")
-    if len(first) != 2 or len(last) != 2:
-        raise ValueError("its weights are not matrices")
-    sizes = (first[0] - int(config.input_bias), *config.hidden, last[1])
-    if sizes[0] < 1 or not 2 <= sizes[-1] <= 256:
-        raise ValueError(f"its layer sizes {sizes} are impossible")
-    expected = {}
-    for i in range(1, layers + 1):
-        expected[f"W{i}"] = (sizes[i - 1] + int(config.input_bias and i == 1), sizes[i])
-        if not config.input_bias:
-            expected[f"b{i}"] = (sizes[i],)
-    params = {}
-    for name, shape in expected.items():
-        key = PARAM_PREFIX + name
-        got, dtype = archive.header(key)
-        if tuple(got) != shape or dtype != numpy.dtype(config.dtype):
-            raise ValueError(f"{key} is {tuple(got)} {dtype}, where the config implies {shape} {config.dtype}")
-        params[name] = archive.read(key, math.prod(shape) * dtype.itemsize)
-    return params
-
-
-def _read_optimizer(archive: _Archive, params: dict) -> dict:
-    """``step_count`` and the state arrays: each the size of one parameter or of all of them."""
-    total = sum(p.size for p in params.values())
-    state = {}
-    for name in archive.zip.namelist():
-        key = name[:-4]
-        if not name.endswith(".npy") or not _OPTIM_KEY.match(key):
-            continue  # never read what no xpgrad writes
-        if key == "optim/step_count":
-            count = archive.whole(key)
-            if count < 0:
-                raise ValueError("its optimizer step count is negative")
-            state["step_count"] = numpy.asarray(count)
-            continue
-        of = key.rsplit("/", 1)[1]
-        shape = (total,) if of == "all" else (params[of].shape if of in params else None)
-        if shape is None:
-            continue
-        state[key[len("optim/"):]] = archive.read(key, math.prod(shape) * 8)
-    return state
 
 
 def _checked_rng_state(state) -> dict:

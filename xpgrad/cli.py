@@ -66,6 +66,16 @@ def _hidden(text):
     return widths(tuple(_rule(whole_number(1), int)(p) for p in parts))
 
 
+def _model(text):
+    """``mlp``, ``path/to/file.py:NAME`` or ``package.module:NAME``: checked for its form here, loaded later."""
+    from .training.modelspec import check_spec  # noqa: PLC0415
+
+    try:
+        return check_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _path(text):
     """A path: an empty or blank one (an unset shell variable) is an error, never "no path"."""
     if not str(text).strip():
@@ -79,12 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .training import DTYPES, RECIPES  # noqa: PLC0415
     from .training.config import positive_number, whole_number  # noqa: PLC0415
 
-    parser = _Parser(prog="xpgrad", description="Readable autodiff on NumPy and CuPy: train the notebook's MLP.")
+    parser = _Parser(prog="xpgrad", description="Readable autodiff on NumPy and CuPy: train the notebook's MLP, "
+                                                "or a model of your own.")
     parser.add_argument("--version", action="version", version=f"xpgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train an MLP on MNIST, Fashion-MNIST, Kuzushiji-MNIST or your own IDX files",
-                           description="Train the 784-100-10 MLP. Options left out come from --recipe.")
+    train = sub.add_parser("train", help="train a model on MNIST, Fashion-MNIST, Kuzushiji-MNIST or your own IDX files",
+                           description="Train the 784-100-10 MLP, or your own model (--model). "
+                                       "Options left out come from --recipe.")
+    train.add_argument("--model", type=_model, default=None, metavar="SPEC",
+                       help="mlp (the default), path/to/file.py:NAME or package.module:NAME, where NAME(input_shape, "
+                            "num_classes) returns an xpgrad.nn.Module")
     train.add_argument("--dataset", choices=[*DATASETS, CUSTOM], default=None,
                        help="default: mnist; idx: your own four IDX files in --data-dir")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -94,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_rule(positive_number, float), default=None, help="learning rate")
     train.add_argument("--dtype", choices=DTYPES, default=None)
     train.add_argument("--hidden", type=_hidden, default=None, metavar="W[,W...]",
-                       help="hidden layer widths, e.g. 1024,1024 (default: 100)")
+                       help="hidden layer widths of the mlp, e.g. 1024,1024 (default: 100)")
     train.add_argument("--seed", type=_rule(whole_number(0), int), default=None, help="default: 0")
     train.add_argument("--recipe", choices=list(RECIPES), default=None,
                        help="default: a modern recipe (Adam, He init); 'notebook' reproduces the notebook")
@@ -112,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", type=_path, required=True)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--data-dir", type=_path, default=None)
+    ev.add_argument("--model", type=_model, default=None, metavar="SPEC",
+                    help="the checkpoint's model file, if it has moved since")
 
     info = sub.add_parser("info", help="print backend facts (NumPy/BLAS, CuPy, GPU) and self-test the GPU")
     info.add_argument("--device", default=None,
@@ -176,16 +193,23 @@ _FIXED_ON_RESUME = (*_RUN_OPTIONS, "recipe")
 
 
 def _config_from_args(args):
-    from .training import Config  # noqa: PLC0415
+    from .training import Config, ModelSpec  # noqa: PLC0415
 
+    if args.model not in (None, "mlp") and args.hidden is not None:
+        raise XpgradError(f"--hidden sets the widths of the built-in mlp, and --model {args.model} builds its own "
+                          "layers; drop --hidden")
     overrides = {k: getattr(args, k) for k in ("epochs", *_RUN_OPTIONS)}
+    if args.model is not None:
+        overrides["model"] = str(ModelSpec(args.model))
     return Config.from_recipe(args.recipe or "default", **overrides)
 
 
 def _resume_config(args, checkpoint):
     from .training import Config  # noqa: PLC0415
+    from .training.modelspec import resumed_spec  # noqa: PLC0415
 
-    config = Config.from_dict(checkpoint["config"])
+    config = Config.from_dict(checkpoint.config)
+    config.model = resumed_spec(config.model, checkpoint.model_sha256, args.model, checkpoint.path)
     for name in _FIXED_ON_RESUME:
         given = getattr(args, name)
         if given is not None and given != getattr(config, name):
@@ -210,7 +234,9 @@ def _out_dir(args, config) -> str:
         return args.out
     if args.resume is not None:
         return os.path.dirname(os.path.abspath(args.resume))
-    return os.path.join("runs", f"{config.dataset}-{config.recipe}")
+    model = config.model.rpartition(":")[2]
+    name = config.recipe if model == "mlp" else model if config.recipe in ("default", model) else f"{model}-{config.recipe}"
+    return os.path.join("runs", f"{config.dataset}-{name}")
 
 
 def _same_file(a, b) -> bool:
@@ -220,13 +246,26 @@ def _same_file(a, b) -> bool:
         return False
 
 
-def cmd_train(args) -> int:
-    from . import backend  # noqa: PLC0415
+def _open_checkpoint(path):
     from .checkpoint import load_checkpoint  # noqa: PLC0415
+    from .training import Config  # noqa: PLC0415
+
+    return load_checkpoint(path, check_config=Config.from_dict)
+
+
+def cmd_train(args) -> int:
+    import contextlib  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack:
+        checkpoint = stack.enter_context(_open_checkpoint(args.resume)) if args.resume is not None else None
+        return _cmd_train(args, checkpoint)
+
+
+def _cmd_train(args, checkpoint) -> int:
+    from . import backend  # noqa: PLC0415
     from .training import RunFolder  # noqa: PLC0415
     from .training.runfolder import CHECKPOINT  # noqa: PLC0415
 
-    checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     config = _resume_config(args, checkpoint) if checkpoint else _config_from_args(args)
     _check_data_dir(config, args.data_dir)
     device = backend.get_device(args.device)
@@ -251,11 +290,12 @@ def _train(args, config, checkpoint, device, folder) -> dict:
     dataset = _load_data(config, args.data_dir, progress=not args.quiet)
     trainer = _trainer(Trainer, config, dataset, device, progress=not args.quiet, graph=args.graph)
     if checkpoint:
-        trainer.restore(checkpoint, args.resume)
+        trainer.restore(checkpoint)
         print(f"resuming {args.resume} at epoch {trainer.epoch}")
-    print(f"training on {config.dataset} with the {config.recipe} recipe on {_device_words(device)}; "
+    model = "" if config.model == "mlp" else f"{config.model.rpartition(':')[2]} from {config.model.rpartition(':')[0]} "
+    print(f"training {model}on {config.dataset} with the {config.recipe} recipe on {_device_words(device)}; "
           f"writing to {folder.path}")
-    return run(trainer, folder, history=checkpoint["metrics"] if checkpoint else None)
+    return run(trainer, folder, history=checkpoint.metrics if checkpoint else None)
 
 
 def _check_data_dir(config, data_dir) -> None:
@@ -303,16 +343,17 @@ def _setup_out_of_memory(config, dataset) -> str:
 
 def cmd_eval(args) -> int:
     from . import backend  # noqa: PLC0415
-    from .checkpoint import load_checkpoint  # noqa: PLC0415
     from .training import Config, Trainer  # noqa: PLC0415
+    from .training.modelspec import resumed_spec  # noqa: PLC0415
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    config = Config.from_dict(checkpoint["config"])
-    _check_data_dir(config, args.data_dir)
-    device = backend.get_device(args.device)
-    dataset = _load_data(config, args.data_dir, progress=False)
-    trainer = _trainer(Trainer, config, dataset, device, progress=False)
-    trainer.restore(checkpoint, args.checkpoint)
+    with _open_checkpoint(args.checkpoint) as checkpoint:
+        config = Config.from_dict(checkpoint.config)
+        config.model = resumed_spec(config.model, checkpoint.model_sha256, args.model, checkpoint.path)
+        _check_data_dir(config, args.data_dir)
+        device = backend.get_device(args.device)
+        dataset = _load_data(config, args.data_dir, progress=False)
+        trainer = _trainer(Trainer, config, dataset, device, progress=False)
+        trainer.restore(checkpoint)
     result = trainer.evaluate()
     print(f"test loss {result['test_loss']:.4f}, test accuracy {result['test_accuracy']:.2%} "
           f"({config.dataset}, epoch {trainer.epoch}, {_device_words(device)})")

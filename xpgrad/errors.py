@@ -23,6 +23,10 @@ class CheckpointError(XpgradError):
     """A checkpoint is missing, corrupt, or does not match the run it is loaded into."""
 
 
+class GraphCaptureError(XpgradError):
+    """A training step cannot be recorded as a CUDA graph (it syncs with the host, or calls what cannot be recorded)."""
+
+
 class DivergenceError(XpgradError):
     """Training produced NaN or inf."""
 

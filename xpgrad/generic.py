@@ -291,6 +291,14 @@ def bias_grad(g, out=None):
     return g.sum(axis=0, out=out)
 
 
+def add_loss_stats(x, t, loss, loss_sum, correct):
+    """Add a batch's summed loss (its mean ``loss`` times N) to ``loss_sum`` and its number of correct
+    predictions (``argmax(x) == t``) to ``correct``: what :func:`softmax_cross_entropy_step` adds, for a
+    loss computed on its own (generic only)."""
+    loss_sum += loss * t.shape[0]
+    correct += (x.argmax(axis=1) == t).sum()
+
+
 def softmax_cross_entropy_step_work(z):
     """The scratch :func:`softmax_cross_entropy_step` needs: none here."""
     return None
@@ -307,8 +315,7 @@ def softmax_cross_entropy_step(z, t, gz, loss, loss_sum, correct, work=None):
     mean, cache = softmax_cross_entropy_forward(z, t)
     loss[...] = mean
     gz[...] = softmax_cross_entropy_backward(z, t, cache)
-    loss_sum += mean * t.shape[0]
-    correct += (z.argmax(axis=1) == t).sum()
+    add_loss_stats(z, t, mean, loss_sum, correct)
 
 
 # ---------------------------------------------------------------------------

@@ -94,12 +94,38 @@ class Linear(Op):
         return gx, matmul(xp, x.T, gy, out=gW_out), gy.sum(axis=0, out=gb_out)
 
 
+class LinearReLU(Op):
+    """``h = max(x @ W + b, 0)``: :class:`Linear` then :class:`Relu`, with the bias and the ReLU in one pass
+    (one kernel each way on a GPU); ``backward(gy)`` returns ``(gx, gW, gb)``, the same numbers as the two ops'."""
+
+    def __init__(self, needs_input_grad: bool = True):
+        super().__init__()
+        self.needs_input_grad = needs_input_grad
+
+    def forward(self, x, W, b, out=None):
+        """``max(x @ W + b, 0)``, written into ``out`` when given."""
+        xp = get_array_module(x, W, b)
+        h = matmul(xp, x, W, out=out)
+        # y > 0 exactly where x @ W + b > 0, so the output serves the backward pass.
+        self.mem = {"x": x, "W": W, "y": get_ops(xp).bias_relu_forward(h, b)}
+        return self.mem["y"]
+
+    def backward(self, gy, out=None):
+        """``(gx, gW, gb)``; ``out=(gx, gW, gb)`` (any may be None) writes them into preallocated arrays."""
+        x, W, y = self.mem["x"], self.mem["W"], self.mem["y"]
+        xp = get_array_module(gy, x)
+        gx_out, gW_out, gb_out = (None, None, None) if out is None else out
+        g, gb = get_ops(xp).bias_relu_backward(y, gy, gb=gb_out)
+        gx = matmul(xp, g, W.T, out=gx_out) if self.needs_input_grad else None
+        return gx, matmul(xp, x.T, g, out=gW_out), gb
+
+
 class Relu(Op):
     """``max(x, 0)``; the gradient passes where ``x > 0``.
 
     With ``inplace=True`` the output overwrites the input (as PyTorch's
     ``nn.ReLU(inplace=True)``), saving an allocation when nothing else needs
-    the input, as inside :class:`xpgrad.model.MLP`.
+    the input.
     """
 
     def __init__(self, inplace: bool = False):
@@ -192,28 +218,43 @@ class SoftmaxCrossEntropy(Op):
     Index labels go through :func:`xpgrad.backend.get_ops` (one fused kernel
     each way on the GPU); soft targets through the generic code. ``forward``
     records which of the two ran, with the functions that run its backward.
+
+    The loss end of a training step passes ``stats=(loss_sum, correct)``
+    (0-d arrays on the logits' device): the batch's summed loss and its number
+    of correct predictions are added to them. With ``backward=True`` as well,
+    the gradient is computed in the same pass (one kernel on a GPU for the
+    loss, its gradient and both sums) and ``backward`` only hands it out.
     """
 
-    def forward(self, x, t):
-        get_array_module(x, t)  # the same device, or DeviceError
+    def forward(self, x, t, stats=None, backward=False):
+        xp = get_array_module(x, t)  # the same device, or DeviceError
         if x.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy expects (N, C) logits, got shape {x.shape}")
         if generic.is_index_labels(t):
-            ops = get_ops(get_array_module(x))
+            ops = get_ops(xp)
+            if stats is not None and backward:
+                gx, loss = xp.empty_like(x), xp.empty((), dtype=x.dtype)
+                ops.softmax_cross_entropy_step(x, t, gx, loss, *stats, work=ops.softmax_cross_entropy_step_work(x))
+                self.mem = {"gx": gx}
+                return loss
             loss, cache = ops.softmax_cross_entropy_forward(x, t)
             backward = ops.softmax_cross_entropy_backward
-        elif t.shape == x.shape:
+        elif t.shape == x.shape and stats is None:
             loss, cache = generic.soft_cross_entropy_forward(x, t)
             backward = generic.soft_cross_entropy_backward
         else:
             n = x.shape[0]
             raise ValueError(
-                f"labels must be integer class indices of shape ({n},) or targets of shape {x.shape}; "
-                f"got {t.dtype} {t.shape}"
+                f"labels must be integer class indices of shape ({n},)"
+                + ("" if stats is not None else f" or targets of shape {x.shape}") + f"; got {t.dtype} {t.shape}"
             )
+        if stats is not None:
+            generic.add_loss_stats(x, t, loss, *stats)
         self.mem = {"x": x, "t": t, "cache": cache, "backward": backward}
         return loss
 
     def backward(self, gy=None):
         m = self.mem
+        if "gx" in m:  # computed by the forward pass
+            return m["gx"] if gy is None else m["gx"] * gy
         return m["backward"](m["x"], m["t"], m["cache"], gy)

@@ -1,149 +1,255 @@
-"""Optimizers that update parameters in place: SGD, momentum SGD and Adam.
+"""Optimizers over Tensors: SGD, momentum SGD and Adam, with their learning-rate schedules.
 
-Each update is one function of :func:`xpgrad.backend.get_ops`: on the GPU a
-fused kernel per parameter (:mod:`xpgrad.kernels`), on the CPU a few in-place
-operations (:mod:`xpgrad.generic`) through preallocated scratch, so a step
-allocates nothing. Semantics follow PyTorch's
-``torch.optim`` (momentum: ``v = mu*v + g; p -= lr*v``; Adam with bias
-correction), so results can be compared one to one.
+Semantics follow ``torch.optim`` (momentum: ``v = mu*v + g; p -= lr*v``; Adam
+with bias correction), so results compare one to one. Two things are
+xpgrad's own:
+
+* **One update for the whole model.** Given the parameters of a model made
+  flat by :func:`xpgrad.nn.flatten_parameters`, ``step()`` updates all of them
+  in one pass over the flat buffers: one fused kernel on a GPU. Otherwise it
+  updates each parameter in turn.
+* **The numbers that change per update live in device memory**, as with
+  PyTorch's ``capturable=True``: the step count, the learning rate and the
+  schedule's factors are arrays on the parameters' device, read there by the
+  update (which also advances the count). So ``step()`` never waits for the
+  GPU, a CUDA graph that recorded it replays with the current learning rate and
+  the right bias corrections, and ``optimizer.lr = x`` needs no new recording.
+  On the CPU the same numbers are read on the host.
+
+The update functions come from :func:`xpgrad.backend.get_ops`: fused kernels
+on the GPU (:mod:`xpgrad.kernels`), NumPy's in-place operations through
+preallocated scratch on the CPU (:mod:`xpgrad.generic`), so a step allocates
+nothing.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy
 
 from . import backend
 from .backend import get_array_module, get_ops
+from .nn import flat as _flat
 from .tensor import Tensor
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
-class Optimizer:
-    """Holds references to the parameters and updates them in place.
+class Schedule:
+    """A learning-rate schedule: update number ``step + 1`` uses ``lr * factor(step)``.
 
-    ``params`` is a name -> array dict, with ``step(grads)`` given a dict of
-    the same names; or an iterable of Tensors (such as ``model.parameters()``),
-    with ``step()`` reading each one's ``.grad`` and ``zero_grad()`` clearing them.
+    ``steps``: from that many updates on, the factor no longer changes, so
+    the ``steps + 1`` factors from 0 describe the whole schedule (they are kept
+    in device memory). Subclass it and define both for a schedule of your own.
+    """
+
+    steps = 0
+
+    def factor(self, step: int) -> float:
+        return 1.0
+
+
+class ConstantSchedule(Schedule):
+    """The learning rate as it is, every update."""
+
+
+class CosineSchedule(Schedule):
+    """Cosine decay from the learning rate to 0 over ``total_steps`` updates, then 0:
+    ``0.5 * (1 + cos(pi * min(step, total_steps) / total_steps))``."""
+
+    def __init__(self, total_steps: int):
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a whole number of at least 1, got {total_steps!r}")
+        self.steps = total_steps
+
+    def factor(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+
+
+class Optimizer:
+    """Updates the given parameters in place from their ``.grad``.
+
+    ``params``: Tensors (``model.parameters()``), named pairs
+    (``model.named_parameters()``, which name the state in ``state_dict``; plain
+    Tensors are named ``"0"``, ``"1"``, ...), or a
+    :class:`~xpgrad.nn.FlatParameters`. All on one device. Unlike PyTorch, a
+    parameter without a gradient at ``step()`` is an error rather than skipped.
     """
 
     #: names of the per-parameter state arrays, e.g. ("velocity",)
     state_names: tuple = ()
 
-    def __init__(self, params, lr: float):
-        params, self.tensors = _param_arrays(params)
-        if not lr > 0:
-            raise ValueError(f"the learning rate must be positive, got {lr}")
-        self.params = params
-        self.lr = float(lr)
-        self.step_count = 0
-        self.state = {
-            name: {k: _zeros_like(p) for k, p in params.items()} for name in self.state_names
-        }
-        self._scratch = {k: _zeros_like(p) for k, p in params.items()}
+    def __init__(self, params, lr: float, schedule: Schedule | None = None):
+        self.names, self.tensors = _named_parameters(params)
+        _check_number("learning rate", lr, low=0.0)
+        self.schedule = ConstantSchedule() if schedule is None else schedule
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be an xpgrad.optim.Schedule, got {type(schedule).__name__}")
+        first = self.tensors[0].data
+        self.device, self.xp = backend.device_of(first), get_array_module(first)
+        for name, t in zip(self.names, self.tensors):
+            if backend.device_of(t.data) != self.device:
+                raise ValueError(f"every parameter must be on one device: {name} is on {t.device}, "
+                                 f"{self.names[0]} on {self.device}")
+        self.flat = _flat_store(self.tensors)
+        table = [float(lr)] + [float(self.schedule.factor(s)) for s in range(self.schedule.steps + 1)]
+        with self.device:
+            self._table = self.xp.asarray(numpy.array(table, dtype=numpy.float64))
+            self._step = self.xp.zeros((), dtype=numpy.int64)
+        self._lr = float(lr)
+        self._flat_state = {}
+        self.state = {s: self._state_arrays(s) for s in self.state_names}
+        self._scratch = self._state_arrays(None) if self.xp is numpy else {n: None for n in self.names}
 
-    def step(self, grads: dict | None = None) -> None:
-        """Apply one update from ``grads`` (same names and shapes as the parameters), or from the Tensors' ``.grad``."""
-        if grads is None:
-            grads = _tensor_grads(self.tensors, self.params)
-        self.step_count += 1
-        # Parameters live on one device: pick the implementation once per step.
-        ops = get_ops(get_array_module(*self.params.values(), *grads.values()))
-        for name, p in self.params.items():
+    def _state_arrays(self, state_name) -> dict:
+        """Zeros like each parameter, by name: views of one flat array when the parameters are flat."""
+        if self.flat is None:
+            return {n: self.xp.zeros_like(t.data) for n, t in zip(self.names, self.tensors)}
+        buffer = self.xp.zeros_like(self.flat.data)
+        self._flat_state[state_name] = buffer
+        return dict(zip(self.names, self.flat._views(buffer)))
+
+    # -- the numbers in device memory ---------------------------------------
+
+    @property
+    def lr(self) -> float:
+        """The base learning rate (update ``t`` uses ``lr * schedule.factor(t - 1)``); setting it takes effect
+        from the next update, recorded CUDA graphs included."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _check_number("learning rate", value, low=0.0)
+        self._lr = float(value)
+        backend.copy_from_host(self._table[:1], numpy.array([self._lr]))
+
+    @property
+    def step_count(self) -> int:
+        """Updates done so far (read from the device: a host sync on a GPU)."""
+        return int(self._step)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update number ``step + 1``."""
+        return self._lr * float(self.schedule.factor(step))
+
+    # -- updating -------------------------------------------------------------
+
+    def step(self) -> None:
+        """Apply one update from the parameters' ``.grad``, and count it."""
+        ops = get_ops(self.xp)
+        if self.flat is not None:
+            self.flat.check()
+            for name, t in zip(self.names, self.tensors):
+                _check_grad(name, t, t._grad_slot)
+            state = [self._flat_state[s] for s in self.state_names]
+            self._update(ops, self.flat.data, self.flat.grad, *state, advance=True, work=self._scratch_flat())
+            return
+        last = len(self.tensors) - 1
+        for i, (name, t) in enumerate(zip(self.names, self.tensors)):
+            _check_grad(name, t, None)
             state = [self.state[s][name] for s in self.state_names]
-            self._update(ops, p, grads[name], *state, work=self._scratch[name])
+            self._update(ops, t.data, t.grad, *state, advance=i == last, work=self._scratch[name])
+
+    def _scratch_flat(self):
+        if self.xp is not numpy:
+            return None
+        if "work" not in self._flat_state:
+            self._flat_state["work"] = numpy.empty_like(self.flat.data)
+        return self._flat_state["work"]
 
     def zero_grad(self) -> None:
-        """Clear the ``.grad`` of every Tensor given to the optimizer (``.grad = None``)."""
-        for t in self.tensors or ():
+        """Clear every parameter's ``.grad`` (``.grad = None``)."""
+        for t in self.tensors:
             t.grad = None
 
-    def _update(self, ops, p, g, *state, work):
-        """One parameter's update through ``ops`` (xpgrad.kernels or xpgrad.generic)."""
-        raise NotImplementedError
-
-    # -- device-resident updates (the step a CUDA graph replays) -------------
-
-    def schedule_row(self, lr: float, step: int) -> tuple:
-        """The numbers update number ``step`` (from 1) reads from a schedule: ``(lr, 1.0, 1.0)``;
-        Adam puts its bias corrections ``1 - beta**step`` in the last two."""
-        return (float(lr), 1.0, 1.0)
-
-    def step_resident(self, grads: dict, schedule, counter) -> None:
-        """Apply one update as :meth:`step` does, with lr (and Adam's bias corrections) read on the device
-        from row ``counter - 1`` of ``schedule``, a (steps, 3) float64 array of :meth:`schedule_row` rows,
-        at ``counter``, a 0-d int64 array. ``step_count`` is the caller's to advance."""
-        ops = get_ops(get_array_module(*self.params.values(), *grads.values()))
-        for name, p in self.params.items():
-            state = [self.state[s][name] for s in self.state_names]
-            self._update_resident(ops, p, grads[name], *state, schedule=schedule, counter=counter,
-                                  work=self._scratch[name])
-
-    def _update_resident(self, ops, p, g, *state, schedule, counter, work):
+    def _update(self, ops, p, g, *state, advance, work):
+        """One update of ``p`` through ``ops`` (xpgrad.kernels or xpgrad.generic)."""
         raise NotImplementedError
 
     # -- checkpoints ---------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Host arrays: ``step_count`` and each state array as ``<state>/<param>``."""
-        out = {"step_count": numpy.asarray(self.step_count)}
+        """Host arrays: ``step_count``, ``lr``, and each state array as ``<state>/<parameter name>``."""
+        out = {"step_count": numpy.asarray(self.step_count), "lr": numpy.asarray(self._lr)}
         for s, arrays in self.state.items():
-            for k, a in arrays.items():
-                out[f"{s}/{k}"] = backend.to_numpy(a)
+            for name, a in arrays.items():
+                out[f"{s}/{name}"] = backend.to_numpy(a)
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step_count"])
-        for s, arrays in self.state.items():
-            for k, a in arrays.items():
-                value = state[f"{s}/{k}"]
-                if tuple(value.shape) != tuple(a.shape):
-                    raise ValueError(f"optimizer state {s}/{k} has shape {value.shape}, expected {a.shape}")
-                xp = get_array_module(a)
-                a[...] = xp.asarray(value, dtype=a.dtype)
+        """Continue from :meth:`state_dict`'s arrays (names and shapes must match; ``lr`` is optional)."""
+        expected = {f"{s}/{name}": a for s, arrays in self.state.items() for name, a in arrays.items()}
+        missing = [k for k in ("step_count", *expected) if k not in state]
+        unexpected = [k for k in state if k not in ("step_count", "lr", *expected)]
+        if missing or unexpected:
+            raise ValueError(f"the optimizer state does not match: missing {missing}, unexpected {unexpected}")
+        for key, a in expected.items():
+            if tuple(state[key].shape) != tuple(a.shape):
+                raise ValueError(f"optimizer state {key} has shape {tuple(state[key].shape)}, expected {a.shape}")
+        count = int(state["step_count"])
+        if count < 0:
+            raise ValueError(f"the optimizer's step count is negative: {count}")
+        for key, a in expected.items():
+            backend.copy_into(a, state[key])
+        backend.copy_from_host(self._step, numpy.asarray(count))
+        if "lr" in state:
+            self.lr = float(state["lr"])
 
 
-def _param_arrays(params) -> tuple[dict, list | None]:
-    """``(name -> array, tensors)``: a dict passes through (no tensors); Tensors are named "0", "1", ..."""
-    if isinstance(params, dict):
-        return params, None
-    tensors = list(params)
-    if not tensors:
+def _named_parameters(params) -> tuple[list, list]:
+    """``(names, tensors)`` from Tensors, ``(name, Tensor)`` pairs or a FlatParameters."""
+    if isinstance(params, dict) or backend.is_cupy_array(params) or isinstance(params, (numpy.ndarray, Tensor)):
+        raise TypeError("the optimizer takes an iterable of parameters (model.parameters() or "
+                        f"model.named_parameters()), got {type(params).__name__}")
+    items = list(params)
+    if not items:
         raise ValueError("the optimizer got no parameters")
-    for i, t in enumerate(tensors):
+    names, tensors = [], []
+    for i, item in enumerate(items):
+        name, t = item if isinstance(item, tuple) and len(item) == 2 else (str(i), item)
         if not isinstance(t, Tensor) or not t.requires_grad or not t.is_leaf:
-            raise TypeError(f"parameter {i} must be a leaf Tensor with requires_grad=True, got {t!r:.80}")
-    return {str(i): t.data for i, t in enumerate(tensors)}, tensors
+            raise TypeError(f"parameter {name} must be a leaf Tensor with requires_grad=True, got {t!r:.80}")
+        names.append(str(name))
+        tensors.append(t)
+    if len(set(map(id, tensors))) != len(tensors):
+        raise ValueError("a parameter was given to the optimizer twice")
+    return names, tensors
 
 
-def _tensor_grads(tensors, params: dict) -> dict:
-    """The ``.grad`` of each Tensor, by the names :func:`_param_arrays` gave them."""
-    if tensors is None:
-        raise TypeError("step() needs the gradients: this optimizer was given a dict of arrays, not Tensors")
-    grads = {}
-    for (name, p), t in zip(params.items(), tensors):
-        if t.data is not p:
-            raise ValueError(f"parameter {name}'s data was replaced after the optimizer was made "
-                             "(e.g. by model.to(device)); make the optimizer after moving the model")
-        if t.grad is None:
-            raise ValueError(f"parameter {name} (shape {t.shape}) has no gradient; call loss.backward() "
-                             "before step(), or leave that parameter out of the optimizer")
-        grads[name] = t.grad
-    return grads
+def _flat_store(tensors) -> _flat.FlatParameters | None:
+    """The flat store holding exactly ``tensors``, in order, if there is one."""
+    if any(t._grad_slot is None for t in tensors):
+        return None
+    for store in _flat.live_stores():
+        if len(store.tensors) == len(tensors) and all(a is b for a, b in zip(store.tensors, tensors)):
+            return store
+    return None
 
 
-def _zeros_like(p):
-    return get_array_module(p).zeros_like(p)
+def _check_grad(name: str, t: Tensor, slot) -> None:
+    if t.grad is None:
+        raise ValueError(f"parameter {name} (shape {t.shape}) has no gradient; call loss.backward() "
+                         "before step(), or leave that parameter out of the optimizer")
+    if slot is not None and t.grad is not slot:  # set by hand: the flat update reads the slot
+        backend.copy_into(slot, t.grad)
+        t.grad = slot
+    elif t.grad.shape != t.shape:
+        raise ValueError(f"parameter {name}'s gradient has shape {t.grad.shape}, the parameter {t.shape}")
+
+
+def _check_number(what: str, value, low: float, high: float | None = None) -> None:
+    """PyTorch's rule and words: ``Invalid learning rate: -1``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, numpy.floating, numpy.integer))
+    if not ok or not math.isfinite(value) or value < low or (high is not None and value >= high):
+        raise ValueError(f"Invalid {what}: {value!r}")
 
 
 class SGD(Optimizer):
     """Plain gradient descent, the notebook's: ``p -= lr * g``."""
 
-    def _update(self, ops, p, g, *, work):
-        ops.sgd_update(p, g, self.lr, work=work)
-
-    def _update_resident(self, ops, p, g, *, schedule, counter, work):
-        ops.sgd_step(p, g, schedule, counter, work=work)
+    def _update(self, ops, p, g, *, advance, work):
+        ops.sgd_update(p, g, self._table, self._step, advance, work=work)
 
 
 class MomentumSGD(Optimizer):
@@ -151,17 +257,13 @@ class MomentumSGD(Optimizer):
 
     state_names = ("velocity",)
 
-    def __init__(self, params, lr, momentum=0.9):
-        super().__init__(params, lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    def __init__(self, params, lr, momentum=0.9, schedule=None):
+        _check_number("momentum value", momentum, low=0.0, high=1.0)
         self.momentum = float(momentum)
+        super().__init__(params, lr, schedule)
 
-    def _update(self, ops, p, g, v, *, work):
-        ops.momentum_update(p, g, v, self.lr, self.momentum, work=work)
-
-    def _update_resident(self, ops, p, g, v, *, schedule, counter, work):
-        ops.momentum_step(p, g, v, schedule, counter, self.momentum, work=work)
+    def _update(self, ops, p, g, v, *, advance, work):
+        ops.momentum_update(p, g, v, self._table, self._step, self.momentum, advance, work=work)
 
 
 class Adam(Optimizer):
@@ -169,24 +271,20 @@ class Adam(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(params, lr)
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None):
+        _check_number("epsilon value", eps, low=0.0)
+        for i, beta in enumerate((beta1, beta2)):
+            _check_number(f"beta parameter at index {i}", beta, low=0.0, high=1.0)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        super().__init__(params, lr, schedule)
 
-    def _update(self, ops, p, g, m, v, *, work):
-        ops.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count, work=work)
-
-    def schedule_row(self, lr: float, step: int) -> tuple:
-        # As adam_update computes them from the step count, in Python floats.
-        return (float(lr), 1.0 - self.beta1**step, 1.0 - self.beta2**step)
-
-    def _update_resident(self, ops, p, g, m, v, *, schedule, counter, work):
-        ops.adam_step(p, g, m, v, schedule, counter, self.beta1, self.beta2, self.eps, work=work)
+    def _update(self, ops, p, g, m, v, *, advance, work):
+        ops.adam_update(p, g, m, v, self._table, self._step, self.beta1, self.beta2, self.eps, advance, work=work)
 
 
-def make_optimizer(name: str, params: dict, lr: float, **kwargs) -> Optimizer:
+def make_optimizer(name: str, params, lr: float, schedule: Schedule | None = None, **kwargs) -> Optimizer:
     """Build an optimizer by name: ``sgd``, ``momentum`` or ``adam``."""
     classes = {"sgd": SGD, "momentum": MomentumSGD, "adam": Adam}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return classes[name](params, lr, **kwargs)
+    return classes[name](params, lr, schedule=schedule, **kwargs)

@@ -15,13 +15,15 @@ kept lean: ``__slots__`` everywhere, and nothing is recorded under
 from __future__ import annotations
 
 import contextlib
+import importlib
 import numbers
 import weakref
 
 import numpy
 
 from . import backend
-from .backprop import accumulate, run_backward
+from .backend import graph as _graph
+from .backprop import accumulate, run_backward, unit_seed
 
 _grad_enabled = True  # read on every operation: a module global is the cheapest lookup
 
@@ -60,7 +62,7 @@ class Tensor:
     does, with a Python number or an array allowed on either side.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "creator", "_grad_slot", "__weakref__")
     # NumPy defers to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
     __array_ufunc__ = None
 
@@ -76,6 +78,7 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self.creator = None
+        self._grad_slot = None  # this parameter's view of a flat gradient buffer (xpgrad.nn.flatten_parameters)
 
     # -- what it is ---------------------------------------------------------
 
@@ -118,10 +121,12 @@ class Tensor:
 
     def item(self):
         """The value of a one-element tensor as a Python number (a host sync on the GPU)."""
+        _graph.refuse_while_recording("Tensor.item() reads a value on the host")
         return self.data.item()
 
     def numpy(self) -> numpy.ndarray:
         """The data as a NumPy array (copied from the GPU if needed)."""
+        _graph.refuse_while_recording("Tensor.numpy() copies the data to the host")
         return backend.to_numpy(self.data)
 
     def detach(self) -> Tensor:
@@ -152,7 +157,7 @@ class Tensor:
             if self.data.size != 1:
                 raise ValueError(f"backward() without a gradient needs a one-element tensor (a loss), got shape "
                                  f"{self.shape}; pass grad= (an array of that shape) or reduce it first, e.g. .sum()")
-            seed = xp.ones_like(self.data)
+            seed = unit_seed(self.data)
         else:
             seed = grad.data if isinstance(grad, Tensor) else grad
             backend.get_array_module(self.data, seed)  # the same device, or DeviceError
@@ -272,7 +277,11 @@ class Function:
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         self.inputs = inputs
-        out = _new(self.forward(*[x.data for x in inputs]))
+        if _graph.recording:  # name this op if it cannot be recorded in a CUDA graph
+            with _graph.recording_op(type(self).__name__):
+                out = _new(self.forward(*[x.data for x in inputs]))
+        else:
+            out = _new(self.forward(*[x.data for x in inputs]))
         if _grad_enabled:
             for x in inputs:
                 if x.requires_grad:
@@ -307,6 +316,7 @@ def _new(data) -> Tensor:
     t.grad = None
     t.requires_grad = False
     t.creator = None
+    t._grad_slot = None
     return t
 
 
@@ -324,6 +334,15 @@ def _binary(tensor_op, scalar_op, a, b):
     return tensor_op()(as_tensor(a), as_tensor(b))
 
 
-# The operators above look their Function classes up here at call time;
-# imported last because xpgrad.functions builds on Tensor and Function.
-from . import functions as _f  # noqa: E402
+class _Functions:
+    """``xpgrad.functions``, looked up when an operator first runs rather than imported here: the
+    Function classes build on this module, so importing them here would be a cycle (DeZero does
+    the same with ``dezero.functions``)."""
+
+    def __getattr__(self, name):
+        module = importlib.import_module("xpgrad.functions")
+        globals()["_f"] = module  # later lookups go straight to the module
+        return getattr(module, name)
+
+
+_f = _Functions()

@@ -291,6 +291,15 @@ def copy_from_host(dst, src) -> None:
         dst[...] = src
 
 
+def copy_into(dst, src) -> None:
+    """Copy the values of ``src`` (a host or device array of ``dst``'s shape) into ``dst`` in place, cast to its dtype."""
+    if is_cupy_array(dst):
+        with cupy.cuda.Device(dst.device.id):
+            dst[...] = cupy.asarray(src, dtype=dst.dtype)
+    else:
+        dst[...] = to_numpy(src)
+
+
 def to_device(a, device: str | Device = "cpu"):
     """Return ``a`` on ``device`` (no copy when it is already there)."""
     device = get_device(device)

@@ -13,14 +13,19 @@ The call is ``cublasGemmEx`` with the compute type and algorithm CuPy's own
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
 import numpy
 
-from . import cupy, require_cupy
+from ..errors import GraphCaptureError, one_line
+from . import cupy, gpu_available, require_cupy
 
 _capture_handle = None  # CuPy's cuBLAS handle while capture_graph() records, else None
+#: True while a CUDA graph records: the tape then names each op it runs, so an op
+#: that cannot be recorded is named in the error (see :func:`recording_op`).
+recording = False
 _CUBLAS_OP_N, _CUBLAS_OP_T, _CUBLAS_POINTER_MODE_HOST = 0, 1, 0
 # cudaDataType and cublasComputeType_t of float32 and float64 (library_types.h, cublas_api.h)
 _GEMM_TYPES = {numpy.float32: (0, 68), numpy.float64: (1, 70)}
@@ -131,6 +136,54 @@ def _gemm_algorithm_on(device_id: int) -> int:
     return _CUBLAS_GEMM_DEFAULT_TENSOR_OP if major_minor >= 80 else _CUBLAS_GEMM_DEFAULT
 
 
+@contextlib.contextmanager
+def recording_session():
+    """Around the recording of a graph: :data:`recording` is True inside."""
+    global recording
+    previous, recording = recording, True
+    try:
+        yield
+    finally:
+        recording = previous
+
+
+@contextlib.contextmanager
+def recording_op(name: str):
+    """Around one op while a graph records: an error it raises becomes a :class:`GraphCaptureError` naming it."""
+    try:
+        yield
+    except GraphCaptureError:
+        raise
+    except Exception as exc:
+        raise GraphCaptureError(f"{name} cannot be recorded in a CUDA graph ({one_line(exc, 300)})") from exc
+
+
+@contextlib.contextmanager
+def on_stream(stream):
+    """Run the block on ``stream``, after the work queued on the current stream, and order the current
+    stream's later work after the block's (no host sync). A stream that is not CuPy's is simply entered."""
+    if cupy is None or not isinstance(stream, cupy.cuda.Stream):
+        with stream:
+            yield
+        return
+    current = cupy.cuda.get_current_stream()
+    stream.wait_event(current.record())
+    with stream:
+        yield
+    current.wait_event(stream.record())
+
+
+def launch(graph) -> None:
+    """Replay a recorded graph on the current stream."""
+    graph.launch(cupy.cuda.get_current_stream() if gpu_available() else None)
+
+
+def refuse_while_recording(what: str) -> None:
+    """Raise :class:`GraphCaptureError` saying ``what`` cannot be recorded, if a graph is recording now."""
+    if recording:
+        raise GraphCaptureError(f"{what}, which a CUDA graph cannot record; keep it out of the recorded step")
+
+
 def capture_graph(fn, stream, keep=None):
     """Record ``fn()`` on ``stream`` (a non-blocking CuPy stream) as a CUDA graph and return it.
 
@@ -159,7 +212,7 @@ def capture_graph(fn, stream, keep=None):
         return memory
 
     try:
-        with stream, cupy.cuda.using_allocator(allocate_and_keep):
+        with stream, cupy.cuda.using_allocator(allocate_and_keep), recording_session():
             stream.begin_capture()
             _capture_handle = handle
             try:

@@ -12,8 +12,8 @@ Every ``backward`` returns new arrays (or views) and never writes into its
 from .arithmetic import (Add, AddScalar, Div, DivScalar, Exp, Log, Mul, MulScalar, Neg, PowScalar, RDivScalar,
                          RSubScalar, Sub, SubScalar, sum_to)
 from .array import GetItem, Mean, Reshape, Sum, ToDevice, Transpose, normalize_axes
-from .network import CrossEntropy, Linear, LogSoftmax, MatMul, Relu, Softmax
+from .network import CrossEntropy, Linear, LinearReLU, LogSoftmax, MatMul, Relu, Softmax
 
-__all__ = ["Add", "AddScalar", "CrossEntropy", "Div", "DivScalar", "Exp", "GetItem", "Linear", "Log", "LogSoftmax",
+__all__ = ["Add", "AddScalar", "CrossEntropy", "Div", "DivScalar", "Exp", "GetItem", "Linear", "LinearReLU", "Log", "LogSoftmax",
            "MatMul", "Mean", "Mul", "MulScalar", "Neg", "PowScalar", "RDivScalar", "RSubScalar", "Relu", "Reshape",
            "Softmax", "Sub", "SubScalar", "Sum", "ToDevice", "Transpose", "normalize_axes", "sum_to"]

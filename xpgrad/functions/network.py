@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from .. import ops
 from ..backend import get_array_module
-from ..tensor import Function
+from ..backend import graph as _graph
+from ..backprop import grad_destination, is_unit
+from ..tensor import Function, is_grad_enabled
 from .arithmetic import sum_to
 from .array import normalize_axes
 
@@ -34,6 +36,7 @@ class MatMul(Function):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(f"matmul needs operands with at least one dimension, got shapes {a.shape} and {b.shape}")
         self.op = None
+        _graph.refuse_while_recording(f"MatMul of {a.ndim}-d and {b.ndim}-d arrays calls cuBLAS through CuPy")
         # Vectors promoted to matrices, as numpy.matmul does, then the added axes dropped.
         y = xp.matmul(a[None] if a.ndim == 1 else a, b[:, None] if b.ndim == 1 else b)
         self.shape2 = y.shape
@@ -62,7 +65,9 @@ class Linear(Function):
     """``x @ W + b`` (or ``x @ W`` without ``b``) through :class:`xpgrad.ops.Linear` / ``ops.Matmul``.
 
     ``x`` is (N, in), ``W`` is (in, out) and ``b`` is (out,). The input's
-    gradient is skipped when ``x`` needs none (a first layer fed with data).
+    gradient is skipped when ``x`` needs none (a first layer fed with data);
+    a flat parameter's gradient is written straight into its slot of the
+    flat gradient buffer.
     """
 
     __slots__ = ("op",)
@@ -76,8 +81,21 @@ class Linear(Function):
         return self.op.forward(x, W, b)
 
     def backward(self, gy):
-        grads = self.op.backward(gy)
+        out = (None, *(grad_destination(self, i) for i in range(1, len(self.inputs))))
+        grads = self.op.backward(gy, out=out)
         return tuple(g if x.requires_grad else None for g, x in zip(grads, self.inputs))
+
+
+class LinearReLU(Linear):
+    """``max(x @ W + b, 0)`` through :class:`xpgrad.ops.LinearReLU`: a Linear layer and its ReLU in one
+    Function, so the bias and the ReLU take one pass each way (one kernel on a GPU).
+    :class:`xpgrad.nn.Sequential` uses it for a Linear followed by a ReLU."""
+
+    __slots__ = ()
+
+    def forward(self, x, W, b):
+        self.op = ops.LinearReLU(needs_input_grad=self.inputs[0].requires_grad)
+        return self.op.forward(x, W, b)
 
 
 # ---------------------------------------------------------------------------
@@ -154,17 +172,21 @@ class CrossEntropy(Function):
     :class:`xpgrad.ops.SoftmaxCrossEntropy` (one fused kernel each way on a GPU).
 
     The labels (class indices of shape (N,), or (N, C) probabilities) are
-    constants: they get no gradient.
+    constants: they get no gradient. With ``stats=(loss_sum, correct)`` (0-d
+    arrays, the loss end of a training step), the batch's summed loss and
+    number of correct predictions are added to them, and when the logits need
+    a gradient it is computed in the forward pass, in the same kernel.
     """
 
-    __slots__ = ("op", "labels")
+    __slots__ = ("op", "labels", "stats")
 
-    def __init__(self, labels):
-        self.labels = labels
+    def __init__(self, labels, stats=None):
+        self.labels, self.stats = labels, stats
 
     def forward(self, x):
         self.op = ops.SoftmaxCrossEntropy()
-        return self.op.forward(x, self.labels)
+        fused = self.stats is not None and self.inputs[0].requires_grad and is_grad_enabled()
+        return self.op.forward(x, self.labels, stats=self.stats, backward=fused)
 
     def backward(self, gy):
-        return (self.op.backward(gy),)
+        return (self.op.backward(None if is_unit(gy) else gy),)

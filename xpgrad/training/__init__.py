@@ -4,16 +4,20 @@
 module          what it holds
 ==============  ===========================================================
 ``config``      the recipes and the :class:`Config` saved in checkpoints
+``modelspec``   ``--model``: the built-in models, or your own file or module
 ``inputs``      the dataset normalized onto the device
+``batches``     an epoch's batch order, counter and sums on the device
 ``heads``       loss heads: fused cross-entropy, or the notebook's Softmax -> Log
 ``trainer``     :class:`Trainer`: one step, one epoch, evaluation, checkpoints
+``legacy``      checkpoints of formats 1 and 2 (the hand-written MLP's)
 ``runfolder``   ``--out``: its lock and rules (:class:`RunFolder`), metrics.jsonl, curves.png
 ``run``         :func:`run`: epochs until done, writing the run folder
 ==============  ===========================================================
 """
 
 from .config import DTYPES, RECIPES, Config
-from .heads import CrossEntropyHead, make_head
+from .heads import make_head
+from .modelspec import ModelSpec
 from .inputs import normalization, to_device_inputs
 from .run import run
 from .runfolder import (
@@ -27,6 +31,6 @@ from .runfolder import (
 from .trainer import Trainer
 
 __all__ = [
-    "DTYPES", "RECIPES", "Config", "CrossEntropyHead", "make_head", "normalization", "to_device_inputs",
+    "DTYPES", "RECIPES", "Config", "ModelSpec", "make_head", "normalization", "to_device_inputs",
     "run", "RunFolder", "append_metrics", "plot_curves", "prepare_out_dir", "read_metrics", "write_metrics", "Trainer",
 ]

@@ -6,9 +6,10 @@ import dataclasses
 import math
 
 from ..errors import XpgradError
-from ..model import INITS
+from ..nn.init import INITS
 from ..optim import OPTIMIZERS
 from .heads import HEADS
+from .modelspec import check_spec
 
 # What each recipe sets; command-line options override single fields.
 RECIPES = {
@@ -97,7 +98,7 @@ def _datasets():
 
 
 RULES = {
-    "dataset": one_of(_datasets), "recipe": one_of(RECIPES), "epochs": whole_number(1),
+    "model": check_spec, "dataset": one_of(_datasets), "recipe": one_of(RECIPES), "epochs": whole_number(1),
     "batch_size": whole_number(0), "optimizer": one_of(OPTIMIZERS), "lr": positive_number,
     "dtype": one_of(DTYPES), "seed": whole_number(0), "hidden": widths, "init": one_of(INITS),
     "input_bias": _flag, "head": one_of(HEADS), "normalize": one_of(NORMALIZATIONS),
@@ -107,8 +108,13 @@ RULES = {
 
 @dataclasses.dataclass
 class Config:
-    """Everything that defines a run (saved in every checkpoint)."""
+    """Everything that defines a run (saved in every checkpoint).
 
+    ``hidden``, ``init`` and ``input_bias`` shape the built-in ``mlp``; a
+    model of your own (``model`` = ``path/to/file.py:NAME``) builds its layers.
+    """
+
+    model: str = "mlp"
     dataset: str = "mnist"
     recipe: str = "default"
     epochs: int = 15

@@ -1,35 +1,62 @@
-"""Loss heads: what turns the model's logits and the labels into a loss and its gradient.
+"""Loss heads: from the model's logits and the labels to the loss a training step backpropagates from.
 
-A head has ``forward(logits, labels) -> loss`` (a 0-d array on the device) and
-``backward() -> d loss / d logits``.
+A head is called as ``head(logits, t, stats)``: ``logits`` a Tensor, ``t`` the
+labels (an array on the device), ``stats`` the epoch's sums ``(loss_sum,
+correct)`` (0-d arrays on the device), to which the batch's summed loss and
+number of correct predictions are added there, with no host sync. It returns
+the loss as a Tensor.
 """
 
 from __future__ import annotations
 
+from .. import functions, generic, ops
+from ..backend import get_array_module
+from ..backprop import is_unit
 from ..errors import XpgradError
-from ..notebook import NotebookHead
-from ..ops import SoftmaxCrossEntropy
+from ..tensor import Function
 
 HEADS = ("cross_entropy", "notebook")
 
 
-class CrossEntropyHead:
-    """The fused SoftmaxCrossEntropy: mean loss, gradient (softmax - onehot)/N."""
+def cross_entropy(logits, t, stats):
+    """Mean softmax cross-entropy, fused: in a training step the loss, its gradient and the sums are one
+    kernel on a GPU (:class:`xpgrad.functions.CrossEntropy`)."""
+    return functions.CrossEntropy(t, stats)(logits)
 
-    def __init__(self):
-        self.op = SoftmaxCrossEntropy()
 
-    def forward(self, logits, t):
-        return self.op.forward(logits, t)
+class NotebookLoss(Function):
+    """The notebook's loss: Softmax then Log (``log(p + 1e-12)``), unfused, against one-hot labels.
 
-    def backward(self):
-        return self.op.backward()
+    Its output is the loss *summed* over the batch, whose gradient is the
+    notebook's ``softmax.backward(log.backward(-onehot))``: the notebook trained
+    on the summed loss (and printed the mean, which ``stats`` receives).
+    """
+
+    __slots__ = ("t", "stats", "num_classes", "softmax", "log", "onehot")
+
+    def __init__(self, t, stats, num_classes: int):
+        self.t, self.stats, self.num_classes = t, stats, num_classes
+
+    def forward(self, x):
+        xp = get_array_module(x, self.t)
+        n = x.shape[0]
+        self.onehot = xp.zeros((n, self.num_classes), dtype=x.dtype)
+        self.onehot[xp.arange(n), self.t] = 1
+        self.softmax, self.log = ops.Softmax(), ops.Log()
+        total = (self.log.forward(self.softmax.forward(x)) * self.onehot).sum()
+        if self.stats is not None:
+            generic.add_loss_stats(x, self.t, -total / n, *self.stats)
+        return -total
+
+    def backward(self, gy):
+        gx = self.softmax.backward(self.log.backward(-self.onehot))
+        return (gx if is_unit(gy) else gx * gy,)
 
 
 def make_head(name: str, num_classes: int):
     """The head called ``name``: ``cross_entropy``, or the ``notebook``'s Softmax -> Log."""
     if name == "cross_entropy":
-        return CrossEntropyHead()
+        return cross_entropy
     if name == "notebook":
-        return NotebookHead(num_classes)
+        return lambda logits, t, stats: NotebookLoss(t, stats, num_classes)(logits)
     raise XpgradError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")

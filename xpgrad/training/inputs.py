@@ -28,13 +28,13 @@ def normalization(config: Config, x_train_uint8) -> tuple[float, float]:
 
 
 def to_device_inputs(x_uint8, shift, scale, dtype, device):
-    """uint8 images -> normalized (N, 784) arrays of ``dtype`` on ``device``, converted on the host in chunks."""
+    """(N, H, W) uint8 images -> normalized (N, 1, H, W) arrays of ``dtype`` on ``device`` (one channel, as
+    convolutions take them), converted on the host in chunks."""
     n = x_uint8.shape[0]
-    out = numpy.empty((n, int(numpy.prod(x_uint8.shape[1:]))), dtype=dtype)
-    flat = x_uint8.reshape(n, -1)
+    out = numpy.empty((n, 1, *x_uint8.shape[1:]), dtype=dtype)
     step = 8192
     for start in range(0, n, step):
-        chunk = flat[start:start + step].astype(dtype)
+        chunk = x_uint8[start:start + step, None].astype(dtype)
         chunk *= dtype.type(1.0 / (255.0 * scale))
         chunk -= dtype.type(shift / scale)
         out[start:start + step] = chunk

@@ -1,0 +1,130 @@
+"""Layers, as ``torch.nn``: :class:`Linear`, :class:`ReLU`, :class:`Flatten` and :class:`Sequential`.
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10)).to("cuda")
+    loss = functional.cross_entropy(model(Tensor(x)), t)
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from .. import backend, functions
+from ..tensor import Tensor, as_tensor
+from . import init as _init
+from .module import Module
+
+
+class Linear(Module):
+    """``y = x @ weight + bias`` for x of shape (N, in_features).
+
+    ``weight`` is (in_features, out_features), and ``bias`` (out_features,).
+    PyTorch stores (out, in) and computes ``x @ W.T``; xpgrad keeps the
+    notebook's layout (``x @ W``), whose products are the notebook's own, so
+    weights from PyTorch load transposed.
+
+    Weights are drawn on the host with ``init`` (``he``: N(0, 2/in), the
+    default; ``glorot``; ``normal``: N(0, 1), as the notebook; None: zeros,
+    for a caller that sets them) from ``rng`` (a seed, a
+    ``numpy.random.Generator``, or None for :mod:`xpgrad.nn.init`'s
+    generator); biases start at zero. ``dtype`` None means
+    :func:`xpgrad.nn.init.default_dtype` (float32 unless changed).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str | None = "he",
+                 rng=None, dtype=None, device="cpu"):
+        dtype = _init.default_dtype() if dtype is None else numpy.dtype(dtype)
+        device = backend.get_device(device)
+        if init is None:
+            W = numpy.zeros((in_features, out_features), dtype)
+        else:
+            W = _init.init_weight(_init.generator(rng), in_features, out_features, init).astype(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Tensor(backend.to_device(W, device), requires_grad=True)
+        self.bias = Tensor(backend.to_device(numpy.zeros(out_features, dtype), device), requires_grad=True) \
+            if bias else None
+
+    def forward(self, x):
+        """(N, out_features) from (N, in_features)."""
+        x = as_tensor(x)
+        if self.bias is None:
+            return functions.Linear()(x, self.weight)
+        return functions.Linear()(x, self.weight, self.bias)
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
+
+
+class ReLU(Module):
+    """``max(x, 0)`` elementwise; no parameters."""
+
+    def forward(self, x):
+        """``max(x, 0)``, x of any shape."""
+        return functions.Relu()(as_tensor(x))
+
+    def __repr__(self) -> str:
+        return "ReLU()"
+
+
+class Flatten(Module):
+    """Dimensions ``start_dim`` to ``end_dim`` merged into one, as ``torch.nn.Flatten``: (N, 1, 28, 28) becomes
+    (N, 784) with the defaults. A view of the input, not a copy."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def forward(self, x):
+        """The input with dimensions ``start_dim..end_dim`` merged."""
+        x = as_tensor(x)
+        if x.ndim == 0:
+            return x.reshape(1)
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        if start > end:
+            raise ValueError(f"Flatten({self.start_dim}, {self.end_dim}) on a {x.ndim}-d input: start_dim comes "
+                             "after end_dim")
+        return x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+
+    def __repr__(self) -> str:
+        return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
+
+
+class Sequential(Module):
+    """Modules applied in turn: ``Sequential(a, b, c)(x) == c(b(a(x)))``; ``model[i]`` is the i-th.
+
+    A :class:`Linear` with a bias followed by a :class:`ReLU` runs as one
+    :class:`xpgrad.functions.LinearReLU` (the same numbers, in fewer passes).
+    """
+
+    def __init__(self, *modules: Module):
+        for m in modules:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(m).__name__}")
+        self.layers = list(modules)
+
+    def named_children(self):
+        """``("0", first), ("1", second), ...``: parameter names are ``0.weight``, as in PyTorch."""
+        return ((str(i), m) for i, m in enumerate(self.layers))
+
+    def forward(self, x):
+        """The last module's output."""
+        layers, i = self.layers, 0
+        while i < len(layers):
+            m = layers[i]
+            if type(m) is Linear and m.bias is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+                x = functions.LinearReLU()(as_tensor(x), m.weight, m.bias)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        return "Sequential(" + ", ".join(repr(m) for m in self.layers) + ")"
