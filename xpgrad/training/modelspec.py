@@ -156,7 +156,7 @@ def _reporting(what: str, expected: str):
     """An exception from the user's code becomes one ModelError line (or stays, with XPGRAD_DEBUG=1)."""
     try:
         yield
-    except ModelError:
+    except (ModelError, MemoryError):
         raise
     except Exception as exc:
         if os.environ.get("XPGRAD_DEBUG", "").strip() not in ("", "0"):
