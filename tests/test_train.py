@@ -11,7 +11,6 @@ from xpgrad.checkpoint import load_checkpoint
 from xpgrad.data import Dataset
 from xpgrad.errors import CheckpointError, DivergenceError, XpgradError
 from xpgrad.files import atomic_write
-from xpgrad.model import MLP
 from xpgrad.training import Config, Trainer, read_metrics, run
 
 
@@ -35,6 +34,18 @@ def small_config(**overrides):
     fields = dict(epochs=3, batch_size=64, hidden=(32,), seed=7)
     fields.update(overrides)
     return Config.from_recipe("default", **fields)
+
+
+def state(trainer) -> dict:
+    """The trainer's model state as host arrays, by name."""
+    return {k: backend.to_numpy(v) for k, v in trainer.model.state_dict().items()}
+
+
+def restore(trainer, path):
+    """``trainer`` continued from the checkpoint at ``path``; returns the checkpoint's metrics."""
+    with load_checkpoint(path, check_config=Config.from_dict) as checkpoint:
+        trainer.restore(checkpoint)
+        return checkpoint.metrics
 
 
 def test_training_learns(xp, tmp_path):
@@ -69,15 +80,17 @@ def test_resume_is_bit_exact_on_cpu(tmp_path, optimizer):
 
     with pytest.raises(KeyboardInterrupt):
         run(first, str(tmp_path / "split"), log=interrupt_after_epoch_2)
-    checkpoint = load_checkpoint(tmp_path / "split" / "checkpoint.npz")
-    assert checkpoint["epoch"] == 2
-
     resumed = Trainer(config, data, progress=False)
-    resumed.restore(checkpoint, "checkpoint.npz")
-    run(resumed, str(tmp_path / "split"), history=checkpoint["metrics"], log=lambda *_: None)
+    history = restore(resumed, tmp_path / "split" / "checkpoint.npz")
+    assert resumed.epoch == 2 and resumed.optimizer.step_count == 2 * resumed.steps_per_epoch
+    run(resumed, str(tmp_path / "split"), history=history, log=lambda *_: None)
 
-    for name, value in straight.model.params.items():
-        assert np.array_equal(resumed.model.params[name], value), name
+    want = state(straight)
+    for name, value in state(resumed).items():
+        assert np.array_equal(value, want[name]), name
+    assert resumed.optimizer.state_dict().keys() == straight.optimizer.state_dict().keys()
+    for key, value in straight.optimizer.state_dict().items():
+        assert np.array_equal(resumed.optimizer.state_dict()[key], value), key
     assert [r["epoch"] for r in read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3]
 
 
@@ -86,20 +99,22 @@ def test_checkpoint_holds_everything_and_loads_without_pickle(tmp_path):
     run(trainer, str(tmp_path), log=lambda *_: None)
     with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as data:
         keys = set(data.files)
-    # The optimizer updates the model's flat parameter buffer as one array, "all".
-    assert {"param/W1", "param/b1", "param/W2", "param/b2", "optim/step_count", "optim/m/all",
-            "optim/v/all", "rng_state", "epoch", "config", "dataset_checksum"} <= keys
-    ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
-    assert ckpt["config"]["optimizer"] == "adam"
-    assert ckpt["dataset_checksum"] == "synthetic-0"
+    # The model's state_dict and the optimizer's, by PyTorch's parameter names.
+    params = ("1.weight", "1.bias", "3.weight", "3.bias")
+    assert keys == {*(f"model/{p}" for p in params), "optim/step_count", "optim/lr",
+                    *(f"optim/{s}/{p}" for s in ("m", "v") for p in params), "format", "model_sha256",
+                    "rng_state", "epoch", "config", "dataset_checksum", "metrics"}
+    with load_checkpoint(tmp_path / "checkpoint.npz") as ckpt:
+        assert ckpt.format == 3 and ckpt.config["optimizer"] == "adam" and ckpt.config["model"] == "mlp"
+        assert ckpt.dataset_checksum == "synthetic-0" and ckpt.model_sha256 == ""
 
 
 def test_the_checkpoint_holds_the_metrics_history_and_metrics_jsonl_is_written_from_it(tmp_path):
     trainer = Trainer(small_config(epochs=2), synthetic_dataset(), progress=False)
     run(trainer, str(tmp_path), log=lambda *_: None)
-    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")
-    assert checkpoint["format"] == 2 and [r["epoch"] for r in checkpoint["metrics"]] == [1, 2]
-    assert read_metrics(tmp_path / "metrics.jsonl") == checkpoint["metrics"]
+    with load_checkpoint(tmp_path / "checkpoint.npz") as checkpoint:
+        assert checkpoint.format == 3 and [r["epoch"] for r in checkpoint.metrics] == [1, 2]
+        assert read_metrics(tmp_path / "metrics.jsonl") == checkpoint.metrics
 
 
 def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path):
@@ -119,15 +134,19 @@ def test_restore_rejects_other_data(tmp_path):
     run(trainer, str(tmp_path), log=lambda *_: None)
     other = Trainer(small_config(epochs=1), synthetic_dataset(checksum="synthetic-1"), progress=False)
     with pytest.raises(CheckpointError, match="different"):
-        other.restore(load_checkpoint(tmp_path / "checkpoint.npz"), "checkpoint.npz")
+        restore(other, tmp_path / "checkpoint.npz")
 
 
 def test_restore_rejects_another_architecture(tmp_path):
     trainer = Trainer(small_config(epochs=1), synthetic_dataset(), progress=False)
     run(trainer, str(tmp_path), log=lambda *_: None)
     wider = Trainer(small_config(epochs=1, hidden=(64,)), synthetic_dataset(), progress=False)
-    with pytest.raises(CheckpointError, match="does not match this model"):
-        wider.restore(load_checkpoint(tmp_path / "checkpoint.npz"), "checkpoint.npz")
+    with pytest.raises(CheckpointError, match=r"does not match this model: 1.weight is \(784, 32\) float32, this "
+                                              r"model needs \(784, 64\) float32"):
+        restore(wider, tmp_path / "checkpoint.npz")
+    deeper = Trainer(small_config(epochs=1, hidden=(32, 8)), synthetic_dataset(), progress=False)
+    with pytest.raises(CheckpointError, match="this model has 5.weight, 5.bias that the checkpoint lacks"):
+        restore(deeper, tmp_path / "checkpoint.npz")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
@@ -138,7 +157,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[: len(blob) // 2], "garbage": b"not a zip" * 100, "empty": b""}[damage])
     with pytest.raises(CheckpointError, match="corrupt or not an xpgrad checkpoint"):
-        load_checkpoint(path)
+        load_checkpoint(path).close()
 
 
 def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
@@ -187,7 +206,10 @@ def test_divergence_stops_before_writing_a_bad_checkpoint(tmp_path):
 
 def test_hidden_widths_shape_the_model():
     trainer = Trainer(small_config(epochs=1, hidden=(16, 8)), synthetic_dataset(n_train=100, n_test=20), progress=False)
-    assert [trainer.model.params[f"W{i}"].shape for i in (1, 2, 3)] == [(784, 16), (16, 8), (8, 10)]
+    assert {k: v.shape for k, v in state(trainer).items()} == {
+        "1.weight": (784, 16), "1.bias": (16,), "3.weight": (16, 8), "3.bias": (8,), "5.weight": (8, 10),
+        "5.bias": (10,)}
+    assert trainer.optimizer.flat is trainer.parameters and trainer.parameters.data.size == 12786
     stats = trainer.train_epoch()
     assert math.isfinite(stats["train_loss"])
 
@@ -202,10 +224,10 @@ def test_notebook_recipe_is_the_notebooks_model():
     data = synthetic_dataset(n_train=200, n_test=50)
     trainer = Trainer(Config.from_recipe("notebook", epochs=1), data, progress=False)
     assert trainer.batch_size == 200 and trainer.steps_per_epoch == 1
-    assert trainer.model.params["W1"].shape == (785, 100)
-    assert set(trainer.model.params) == {"W1", "W2"}
-    assert trainer.model.params["W1"].dtype == np.float64
-    assert abs(float(trainer.model.params["W1"].std()) - 1.0) < 0.02  # W ~ N(0, 1)
+    params = state(trainer)
+    assert {k: v.shape for k, v in params.items()} == {"1.weight": (784, 100), "1.bias": (100,), "3.weight": (100, 10)}
+    W1 = np.concatenate([params["1.weight"], params["1.bias"][None]])  # the notebook's (785, 100) W1
+    assert W1.dtype == np.float64 and abs(float(W1.std()) - 1.0) < 0.02  # W ~ N(0, 1)
 
 
 def test_notebook_recipe_matches_the_notebooks_code():
@@ -215,16 +237,19 @@ def test_notebook_recipe_matches_the_notebooks_code():
     data = synthetic_dataset(n_train=300, n_test=50)
     trainer = Trainer(Config.from_recipe("notebook", epochs=1), data, progress=False)
     ref = notebook.Model()
-    ref.W1 = backend.to_numpy(trainer.model.params["W1"]).copy()
-    ref.W2 = backend.to_numpy(trainer.model.params["W2"]).copy()
+    params = state(trainer)
+    ref.W1 = np.concatenate([params["1.weight"], params["1.bias"][None]])
+    ref.W2 = params["3.weight"].copy()
     x = data.x_train.astype(np.float64) / 255.0
     y = np.eye(10)[data.y_train]
     ref_loss, ref_acc = notebook.train_one_step(ref, x, y)
     stats = trainer.train_epoch()
     np.testing.assert_allclose(stats["train_loss"], ref_loss, rtol=1e-9)
     assert stats["train_accuracy"] == ref_acc
-    np.testing.assert_allclose(trainer.model.params["W1"], ref.W1, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(trainer.model.params["W2"], ref.W2, rtol=1e-9, atol=1e-12)
+    params = state(trainer)
+    np.testing.assert_allclose(np.concatenate([params["1.weight"], params["1.bias"][None]]), ref.W1, rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(params["3.weight"], ref.W2, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.gpu
@@ -235,78 +260,32 @@ def test_one_epoch_matches_between_cpu_and_gpu(gpu_xp):
     gpu = Trainer(config, data, device="cuda", progress=False)
     a, b = cpu.train_epoch(), gpu.train_epoch()
     np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-9)
-    for name, value in cpu.model.params.items():
-        np.testing.assert_allclose(backend.to_numpy(gpu.model.params[name]), value, rtol=1e-8, atol=1e-10)
-
-
-def test_model_parameters_by_name_round_trip():
-    a = MLP((12, 5, 3), seed=1)
-    b = MLP((12, 5, 3), seed=2)
-    b.load_state_dict(a.state_dict())
-    for k in a.params:
-        assert np.array_equal(a.params[k], b.params[k])
-    with pytest.raises(ValueError, match="shape"):
-        MLP((12, 6, 3)).load_state_dict(a.state_dict())
+    on_gpu = state(gpu)
+    for name, value in state(cpu).items():
+        np.testing.assert_allclose(on_gpu[name], value, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("input_bias", [False, True])
-def test_mlp_backward_fills_its_flat_gradient_buffer_correctly(rng, input_bias):
-    """Every named gradient, written through views of grad_buffer, against central differences."""
+def test_a_trainer_step_fills_the_flat_gradient_buffer_correctly(input_bias):
+    """Every gradient of the training step, in its view of the flat buffer, against central differences."""
+    from xpgrad import Tensor, functional
     from xpgrad.gradcheck import gradcheck
-    from xpgrad.ops import SoftmaxCrossEntropy
 
-    model = MLP((6, 5, 4, 3), input_bias=input_bias, dtype="float64", seed=2)
-    x, t = rng.normal(size=(7, 6)), rng.integers(0, 3, size=7)
-    sce = SoftmaxCrossEntropy()
-    sce.forward(model.forward(x), t)
-    grads = model.backward(sce.backward())
-    names = list(model.params)
-    for name in names:
-        assert np.shares_memory(grads[name], model.grad_buffer)
-        assert np.shares_memory(model.params[name], model.param_buffer)
+    config = small_config(epochs=1, hidden=(5, 4), dtype="float64", input_bias=input_bias, batch_size=7)
+    trainer = Trainer(config, synthetic_dataset(n_train=7, n_test=7), progress=False)
+    x, t = trainer.x_train, trainer.t_train
+    loss = functional.cross_entropy(trainer.model(Tensor(x)), t)
+    loss.backward()
+    names, tensors = trainer.parameters.names, trainer.parameters.tensors
+    assert all(np.shares_memory(p.grad, trainer.parameters.grad) for p in tensors)
 
-    def loss_of(*params):
-        for name, value in zip(names, params):
-            model.params[name][...] = value
-        return SoftmaxCrossEntropy().forward(model.forward(x), t)
+    def loss_of(*values):
+        for p, value in zip(tensors, values):
+            p.data[...] = value
+        return functional.cross_entropy(trainer.model(Tensor(x)), t).data
 
-    values = [model.params[n].copy() for n in names]
-    report = gradcheck(loss_of, values, [grads[n].copy() for n in names])
-    assert report.ok, report
-
-
-def test_mlp_scratch_space_never_leaks_into_results(rng):
-    """Hidden activations and gradients reuse scratch arrays across calls; the logits a
-    caller holds must not change, and a step after a bigger or smaller batch must give
-    the same gradients as a fresh model."""
-    from xpgrad.ops import SoftmaxCrossEntropy
-
-    def grads_of(model, x, t):
-        sce = SoftmaxCrossEntropy()
-        sce.forward(model.forward(x), t)
-        return {k: v.copy() for k, v in model.backward(sce.backward()).items()}
-
-    model = MLP((6, 5, 4, 3), dtype="float64", seed=2)
-    x1, x2 = rng.normal(size=(7, 6)), rng.normal(size=(9, 6))
-    t1 = rng.integers(0, 3, size=7)
-    logits1 = model.forward(x1)
-    kept = logits1.copy()
-    model.forward(x2)
-    np.testing.assert_array_equal(logits1, kept)
-    assert not any(np.shares_memory(logits1, w) for w in model._workspace.values())
-    grads_of(model, x2, rng.integers(0, 3, size=9))  # the scratch space now holds 9 rows
-    fresh = grads_of(MLP((6, 5, 4, 3), dtype="float64", seed=2), x1, t1)
-    for name, g in grads_of(model, x1, t1).items():
-        np.testing.assert_array_equal(g, fresh[name])
-
-
-def test_model_save_and_load(tmp_path, rng):
-    a = MLP((12, 5, 3), input_bias=True, dtype="float64", seed=3)
-    a.save(tmp_path / "model.npz")
-    b = MLP.load(tmp_path / "model.npz")
-    assert b.sizes == (12, 5, 3) and b.input_bias and b.dtype == np.float64
-    x = rng.normal(size=(4, 12))
-    assert np.array_equal(a.forward(x), b.forward(x))
+    report = gradcheck(loss_of, [p.data.copy() for p in tensors], [p.grad.copy() for p in tensors])
+    assert report.ok, (names, report)
 
 
 def test_standardization_matches_the_float_computation():

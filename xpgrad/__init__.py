@@ -9,11 +9,12 @@ __version__ = "0.1.0"
 # load (they take most of a second), so a Ctrl-C at start-up ends cleanly too.
 _NAMES = {
     "get_array_module": "backend", "get_device": "backend", "to_device": "backend", "to_numpy": "backend",
-    "Tensor": "tensor", "no_grad": "tensor",
+    "Tensor": "tensor", "no_grad": "tensor", "graph_step": "graphstep", "manual_seed": "nn",
 }
-_MODULES = ("backend", "functional", "nn", "tensor")
+_MODULES = ("backend", "functional", "functions", "graphstep", "models", "nn", "ops", "optim", "tensor",
+            "data", "training", "generic", "kernels", "notebook", "checkpoint", "gradcheck")
 
-__all__ = [*_NAMES, "functional", "nn"]
+__all__ = [*_NAMES, "functional", "models", "nn", "optim"]
 
 
 def __getattr__(name):

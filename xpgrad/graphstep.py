@@ -82,7 +82,7 @@ class GraphStep:
         except Exception as exc:  # the driver refused the recording
             self._give_up(GraphCaptureError(f"recording the step as a CUDA graph failed ({exc})"))
         else:
-            self.result = returned[0]
+            self.result = returned[0] if returned else None
         return result
 
     def _give_up(self, exc: GraphCaptureError) -> None:

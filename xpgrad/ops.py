@@ -30,7 +30,7 @@ Epsilon semantics (kept from the notebook, made overflow-safe)
 
 from __future__ import annotations
 
-from . import generic
+from . import backend, generic
 from .backend import get_array_module, get_ops
 from .backend.graph import matmul
 
@@ -234,7 +234,7 @@ class SoftmaxCrossEntropy(Op):
             ops = get_ops(xp)
             if stats is not None and backward:
                 gx, loss = xp.empty_like(x), xp.empty((), dtype=x.dtype)
-                ops.softmax_cross_entropy_step(x, t, gx, loss, *stats, work=ops.softmax_cross_entropy_step_work(x))
+                ops.softmax_cross_entropy_step(x, t, gx, loss, *stats, work=self._step_work(ops, x))
                 self.mem = {"gx": gx}
                 return loss
             loss, cache = ops.softmax_cross_entropy_forward(x, t)
@@ -252,6 +252,15 @@ class SoftmaxCrossEntropy(Op):
             generic.add_loss_stats(x, t, loss, *stats)
         self.mem = {"x": x, "t": t, "cache": cache, "backward": backward}
         return loss
+
+    _step_works = {}  # the fused step's scratch, by device, shape and dtype: made once, reused every step
+
+    @classmethod
+    def _step_work(cls, ops, x):
+        key = (ops.__name__, backend.device_of(x), x.shape, x.dtype)
+        if key not in cls._step_works:
+            cls._step_works[key] = ops.softmax_cross_entropy_step_work(x)
+        return cls._step_works[key]
 
     def backward(self, gy=None):
         m = self.mem

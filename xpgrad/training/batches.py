@@ -62,7 +62,7 @@ class Batch:
         xp = batches.device.xp
         with batches.device:
             self.x = xp.empty((rows, *batches.x.shape[1:]), dtype=batches.x.dtype)
-            self.t = xp.empty(rows, dtype=batches.t.dtype)
+            self.t = xp.zeros(rows, dtype=batches.t.dtype)
         self._x_rows, self._source_rows = self.x.reshape(rows, -1), batches.x.reshape(batches.x.shape[0], -1)
 
     def load(self) -> None:

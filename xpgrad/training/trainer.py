@@ -83,6 +83,8 @@ class Trainer:
         self.rng = numpy.random.default_rng([config.seed, 1])
         self.epoch = 0
         self._steps = None
+        # Whether steps are graph steps: "auto" records on a GPU only (on the CPU there is nothing to record).
+        self._graph_steps = graph == "on" or (graph == "auto" and self.device.is_gpu)
 
     def _build_model(self) -> nn.Module:
         config = self.config
@@ -139,7 +141,7 @@ class Trainer:
         return step
 
     def _graph_step(self, step):
-        if self.graph == "off" or (self.graph == "auto" and not self.device.is_gpu):
+        if not self._graph_steps:
             return step
         return GraphStep(step, self.device, fallback=self.graph == "auto")
 
@@ -152,7 +154,7 @@ class Trainer:
     def captured_graphs(self) -> list:
         """The ``cupy.cuda.Graph`` objects epochs replay: the full batch's step first, then a partial last
         batch's."""
-        return [s.graph for s in self._steps or () if isinstance(s, GraphStep) and s.graph is not None]
+        return [s.graph for s in self._steps or () if getattr(s, "graph", None) is not None]
 
     # -- one epoch -----------------------------------------------------------
 
