@@ -105,7 +105,7 @@ def metrics(out) -> list[dict]:
 def params(out) -> dict:
     """The checkpoint's parameters and optimizer state, as host arrays."""
     with np.load(Path(out) / "checkpoint.npz", allow_pickle=False) as ckpt:
-        return {k: ckpt[k] for k in ckpt.files if k.startswith(("param/", "optim/"))}
+        return {k: ckpt[k] for k in ckpt.files if k.startswith(("model/", "optim/"))}
 
 
 def assert_same_run(out, reference):

@@ -44,7 +44,7 @@ def test_any_image_size_and_number_of_classes(tmp_path):
     assert notice == [f"note: {folder} holds your own IDX data (300 train and 50 test images of 5x7, 7 classes), "
                       "which no published checksum verifies"]
     with np.load(out / "checkpoint.npz", allow_pickle=False) as ckpt:
-        assert ckpt["param/W1"].shape == (35, 8) and ckpt["param/W2"].shape == (8, 7)
+        assert ckpt["model/1.weight"].shape == (35, 8) and ckpt["model/3.weight"].shape == (8, 7)
         assert json.loads(str(ckpt["config"]))["dataset"] == "idx"
     evaluated = xpgrad("eval", "--checkpoint", out / "checkpoint.npz", "--device", "cpu", "--data-dir", folder,
                        tmp_path=tmp_path)

@@ -4,7 +4,8 @@ Checkpoints (``eval --checkpoint`` and ``train --resume``) and data files: a
 FIFO or a device instead of a file, a .gz that inflates to 1 GiB, a checkpoint
 with a 2 GiB member nobody asked for, a member whose header lies, compressed
 members, configs of the wrong shape, types or range (refused by the same rules
-as the command line), NaN weights, and today's format-1 checkpoints (still read).
+as the command line), parameters the model does not have, and NaN weights.
+(Checkpoints of earlier formats: tests/test_checkpoint_formats.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import struct
 import zipfile
 import zlib
@@ -24,10 +24,8 @@ import pytest
 
 from .cli_helpers import (
     SHORT_RUN,
-    assert_same_run,
     assert_user_error,
     finished_run,
-    metrics,
     xpgrad,
     xpgrad_peak_memory,
 )
@@ -216,18 +214,25 @@ CASES = {
     "config is a number": (lambda ref, dst: rewrite(ref, dst, {"config": npy("7")}), "config is int, not a dict"),
     "config not JSON": (lambda ref, dst: rewrite(ref, dst, {"config": npy("{oops")}), "JSONDecodeError"),
     "config nested deep": (lambda ref, dst: rewrite(ref, dst, {"config": npy("[" * 100000)}), "corrupt"),
-    "member header lies": (lambda ref, dst: rewrite(ref, dst, {"param/W1": npy_claiming((10 ** 9, 8))}),
+    "member header lies": (lambda ref, dst: rewrite(ref, dst, {"model/1.weight": npy_claiming((10 ** 9, 8))}),
                            "but its header (1000000000, 8) float32 says otherwise"),
     "members compressed": (lambda ref, dst: rewrite(ref, dst, compress=True), "is compressed"),
-    "a parameter missing": (lambda ref, dst: rewrite(ref, dst, drop=("param/b2",)), "KeyError"),
-    "a weight of another shape": (lambda ref, dst: rewrite(ref, dst, {"param/W1": npy(np.zeros((64, 9), "f4"))}),
-                                  "param/W1 is (64, 9) float32, where the config implies (64, 8) float32"),
-    "weights of another dtype": (lambda ref, dst: rewrite(ref, dst, {"param/W2": npy(np.zeros((8, 4)))}),
-                                 "float64, where the config implies (8, 4) float32"),
-    "NaN weights": (lambda ref, dst: rewrite(ref, dst, {"param/W2": npy(np.full((8, 4), np.nan, "f4"))}),
-                    "holds NaN or infinite values in param/W2"),
-    "inf in the optimizer": (lambda ref, dst: rewrite(ref, dst, {"optim/v/all": npy(np.full(
-        arrays_of(ref)["optim/v/all"].shape, np.inf, "f4"))}), "holds NaN or infinite values in optim/v/all"),
+    "a parameter missing": (lambda ref, dst: rewrite(ref, dst, drop=("model/3.bias",)),
+                            "does not match this model: this model has 3.bias that the checkpoint lacks"),
+    "a parameter too many": (lambda ref, dst: rewrite(ref, dst, {"model/5.weight": npy(np.zeros((4, 4), "f4"))}),
+                             "the checkpoint has 5.weight that this model lacks"),
+    "a weight of another shape": (lambda ref, dst: rewrite(ref, dst, {"model/1.weight": npy(np.zeros((64, 9), "f4"))}),
+                                  "1.weight is (64, 9) float32, this model needs (64, 8) float32"),
+    "weights of another dtype": (lambda ref, dst: rewrite(ref, dst, {"model/3.weight": npy(np.zeros((8, 4)))}),
+                                 "3.weight is (8, 4) float64, this model needs (8, 4) float32"),
+    "NaN weights": (lambda ref, dst: rewrite(ref, dst, {"model/3.weight": npy(np.full((8, 4), np.nan, "f4"))}),
+                    "holds NaN or infinite values in model/3.weight"),
+    "inf in the optimizer": (lambda ref, dst: rewrite(ref, dst, {"optim/v/1.bias": npy(np.full(
+        arrays_of(ref)["optim/v/1.bias"].shape, np.inf, "f4"))}), "holds NaN or infinite values in optim/v/1.bias"),
+    "optimizer state of another model": (lambda ref, dst: rewrite(ref, dst, drop=("optim/m/3.bias",)),
+                                         "does not match this optimizer: this optimizer has m/3.bias"),
+    "a model file's checksum without its file": (lambda ref, dst: rewrite(ref, dst, with_config(
+        ref.parent, model="/nonexistent/net.py:Net")), "model file /nonexistent/net.py, which checkpoint"),
     "object array": (lambda ref, dst: rewrite(ref, dst, {"epoch": npy_claiming((), "|O", b"")}), "corrupt"),
     "epoch not a number": (lambda ref, dst: rewrite(ref, dst, {"epoch": npy("two")}), "epoch is not a whole number"),
     "rng state garbage": (lambda ref, dst: rewrite(ref, dst, {"rng_state": npy('{"bit_generator": "MT19937"}')}),
@@ -235,7 +240,7 @@ CASES = {
     "metrics past the epoch": (lambda ref, dst: rewrite(ref, dst, {"metrics": npy(json.dumps([dict(
         json.loads(str(arrays_of(ref)["metrics"]))[0], epoch=5)]))}), "a row for epoch 5 out of order, or past its epoch 2"),
     "metrics not rows": (lambda ref, dst: rewrite(ref, dst, {"metrics": npy('[{"epoch": 1}]')}), "is malformed"),
-    "a newer format": (lambda ref, dst: rewrite(ref, dst, {"format": npy(3)}), "has format 3"),
+    "a newer format": (lambda ref, dst: rewrite(ref, dst, {"format": npy(4)}), "has format 4"),
 }
 
 
@@ -274,39 +279,6 @@ def test_a_checkpoint_config_is_checked_by_the_command_lines_rules(tiny, tmp_pat
 ])
 def test_the_same_rules_on_the_command_line(tmp_path, flag, text, words):
     assert_user_error(xpgrad("train", flag, text, tmp_path=tmp_path), f"argument {flag}: {words}", code=2)
-
-
-def test_a_format_1_checkpoint_is_still_read_and_resumed(tiny, tmp_path):
-    """Today's checkpoints (no metrics inside): resumed from their metrics.jsonl, evaluated as before."""
-    data, reference = tiny
-    out = tmp_path / "out"
-    killed = xpgrad("train", *RUN, "--data-dir", data, "--out", out, tmp_path=tmp_path,
-                    env={"XPGRAD_FAULT": "epoch:trained#2=kill"})
-    assert killed.returncode == -signal.SIGKILL
-    path = out / "checkpoint.npz"
-    rewrite(path, tmp_path / "old.npz", {"format": npy(1)}, drop=("metrics",))
-    os.replace(tmp_path / "old.npz", path)
-    assert xpgrad("eval", "--checkpoint", path, "--device", "cpu", "--data-dir", data, tmp_path=tmp_path).returncode == 0
-    proc = xpgrad("train", *RUN, "--data-dir", data, "--resume", path, tmp_path=tmp_path)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert_same_run(out, reference)
-    assert int(arrays_of(path)["format"]) == 2  # written in today's format from then on
-
-
-def test_a_format_1_checkpoint_with_damaged_metrics_resumes_with_a_warning(tiny, tmp_path):
-    data, reference = tiny
-    out = tmp_path / "out"
-    killed = xpgrad("train", *RUN, "--data-dir", data, "--out", out, tmp_path=tmp_path,
-                    env={"XPGRAD_FAULT": "epoch:trained#2=kill"})
-    assert killed.returncode == -signal.SIGKILL
-    rewrite(out / "checkpoint.npz", tmp_path / "old.npz", {"format": npy(1)}, drop=("metrics",))
-    os.replace(tmp_path / "old.npz", out / "checkpoint.npz")
-    (out / "metrics.jsonl").write_bytes(b"\xff\xfe not json\n")
-    proc = xpgrad("train", *RUN, "--data-dir", data, "--resume", out / "checkpoint.npz", tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    warning = proc.stderr.strip()
-    assert warning.startswith("xpgrad: warning: ") and "\n" not in warning and "left out" in warning
-    assert metrics(out) == metrics(reference)[1:]  # epoch 2's row; epoch 1's could not be recovered
 
 
 def test_a_gzip_checkpoint_or_other_bytes_named_npz(tiny, tmp_path):

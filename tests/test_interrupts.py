@@ -115,7 +115,8 @@ def test_a_signal_at_a_write_ends_cleanly_and_keeps_a_consistent_folder(tiny, tm
     assert temp_files(out) == [] and not (out / ".xpgrad.lock").exists()
     check_kept(line, out)
     if (out / "checkpoint.npz").exists():
-        kept = load_checkpoint(out / "checkpoint.npz")["metrics"]
+        with load_checkpoint(out / "checkpoint.npz") as checkpoint:
+            kept = checkpoint.metrics
         assert [{k: v for k, v in row.items() if k != "seconds"} for row in kept] == metrics(reference)[:len(kept)]
         assert metrics(out) in (metrics(reference)[:len(kept)], metrics(reference)[:len(kept) - 1])
 

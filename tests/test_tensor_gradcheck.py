@@ -52,12 +52,15 @@ CASES = {
     "matmul vector": ({"MatMul"}, lambda a, b: a @ b, [(4,), (2, 4, 3)], None),
     "linear": ({"Linear"}, functional.linear, [(3, 4), (4, 5), (5,)], None),
     "linear no bias": ({"Linear"}, functional.linear, [(3, 4), (4, 5)], None),
+    "linear relu": ({"LinearReLU"}, lambda x, W, b: functions.LinearReLU()(x, W, b), [(3, 4), (4, 5), (5,)], None),
     "softmax": ({"Softmax"}, functional.softmax, [(3, 4)], None),
     "softmax axis 0": ({"Softmax"}, lambda a: functional.softmax(a, axis=0), [(3, 4, 2)], None),
     "log_softmax": ({"LogSoftmax"}, functional.log_softmax, [(3, 4)], None),
     "log_softmax axis 1": ({"LogSoftmax"}, lambda a: functional.log_softmax(a, axis=1), [(2, 3, 4)], None),
     "cross_entropy": ({"CrossEntropy"}, lambda a: functional.cross_entropy(a, beside(a, LABELS)), [(3, 4)], None),
     "cross_entropy soft": ({"CrossEntropy"}, lambda a: functional.cross_entropy(a, beside(a, SOFT)), [(3, 4)], None),
+    "cross_entropy step": ({"CrossEntropy"}, lambda a: functions.CrossEntropy(beside(a, LABELS), stats=(
+        beside(a, np.zeros(())), beside(a, np.zeros((), np.int64))))(a), [(3, 4)], None),
 }
 
 

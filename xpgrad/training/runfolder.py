@@ -52,6 +52,7 @@ class RunFolder:
         self.metrics = os.path.join(self.path, METRICS)
         self.curves = os.path.join(self.path, CURVES)
         self.replacing = False
+        self.created = False  # made by this run: removed again if the run ends having written nothing
         self._lock_fd = None
 
     @classmethod
@@ -85,6 +86,7 @@ class RunFolder:
             what = "a file" if os.path.isfile(out) else kind_of(os.stat(out).st_mode)
             raise RunFolderError(f"--out {out} is {what}, not a folder; pass a folder for the run's outputs")
         try:
+            self.created = not os.path.lexists(out)
             os.makedirs(out, exist_ok=True)
             with tempfile.TemporaryFile(dir=out):  # unnamed (O_TMPFILE): nothing to leave behind
                 pass
@@ -133,6 +135,9 @@ class RunFolder:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     os.unlink(path)
             os.close(fd)
+            if self.created:  # a run that never wrote anything leaves no folder behind
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path)
 
     def _check_outputs(self) -> None:
         """Every output is absent or a file, so no epoch of work is lost to a write that cannot succeed."""
