@@ -1,14 +1,16 @@
 """GPU kernels: xpgrad's fused kernels against its generic ``xp`` code and PyTorch CUDA.
 
 For each kernel (ReLU backward, log-softmax forward/backward, softmax
-cross-entropy forward/backward, bias + ReLU, SGD / momentum / Adam updates and
-Adam reading its schedule on the device) at >= 1e6 rows of C = 10, and for
-every kernel at training shapes (also the device-resident step's batch gather
-and cross-entropy step), this times three implementations on the same device
-arrays with CUDA events (warm-up and compilation excluded):
+cross-entropy forward/backward, bias + ReLU forward and backward, and the SGD /
+momentum / Adam updates, which read their learning rate from a schedule at a
+step counter on the device and advance the counter) at >= 1e6 rows of C = 10,
+and for every kernel at training shapes (also the training step's batch
+gather and cross-entropy step), this times three implementations on the same
+device arrays with CUDA events (warm-up and compilation excluded):
 
-* fused: xpgrad's ops and optimizers with the fused CuPy kernels (default);
-* generic: the same ops with ``XPGRAD_FUSED=0`` (the ``xp`` formulas);
+* fused: xpgrad's ops and update functions with the fused CuPy kernels (default);
+* generic: the same with ``XPGRAD_FUSED=0`` (the ``xp`` formulas; the generic
+  updates and gather read their counters on the host);
 * torch: the ATen kernels PyTorch's autograd runs for the same step, and
   ``torch.optim`` with ``fused=True`` (n/a for the cross-entropy step).
 
@@ -22,11 +24,12 @@ device-to-device copy of an array of the same size, measured in the same run.
     xent fwd   read x, labels; write lse       N C s + N (4 + s)
     xent bwd   read x, labels, lse; write gx   2 N C s + N (4 + s)
     bias relu  read h; write h                 2 N C s
+    bias relu bwd  read y, gy; write gx, gb    3 N C s + C s
     gather     read and write N rows of C; order, labels   2 N C s + 16 N
     xent step  read z, labels; write gz        2 N C s + 4 N
     sgd        read p, g; write p              3 P s
     momentum   read p, g, v; write p, v        5 P s
-    adam, adam step  read p, g, m, v; write p, m, v  7 P s
+    adam       read p, g, m, v; write p, m, v  7 P s
 
 Targets at >= 1e6 rows: the row kernels (log-softmax and cross-entropy,
 forward and backward) >= 70% of copy bandwidth (issue 10), the other fused
@@ -51,11 +54,12 @@ C = 10
 LARGE_ROWS = (2**20, 2**22)  # 1.05 M and 4.2 M rows
 TRAIN_ROWS, TRAIN_HIDDEN, TRAIN_PARAM, TRAIN_SET, PIXELS = 128, 100, 784 * 100, 60000, 784
 ROW_KERNELS = ("lsm fwd", "lsm bwd", "xent fwd", "xent bwd")
-OPTIMIZERS = ("sgd", "momentum", "adam", "adam step")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 # At >= 1e6 rows, as shares of copy bandwidth: the row kernels (issue 10), and the other fused kernels.
 ROW_TARGET, TARGET_SHARE = 0.7, 0.6
-KERNELS = ("relu bwd", *ROW_KERNELS, "bias relu", *OPTIMIZERS)  # measured at >= 1e6 rows and training shapes
-STEP_KERNELS = ("gather", "xent step")  # the device-resident step's, at batch sizes only
+# Measured at >= 1e6 rows and at training shapes.
+KERNELS = ("relu bwd", *ROW_KERNELS, "bias relu", "bias relu bwd", *OPTIMIZERS)
+STEP_KERNELS = ("gather", "xent step")  # the training step's, at batch sizes only
 IMPLS = ("fused", "generic", "torch")
 
 
@@ -63,9 +67,9 @@ def min_bytes(kernel: str, n: int, c: int, s: int) -> int:
     """Bytes a kernel must read and write (``n`` rows of ``c``, or ``n * c`` parameters; ``s`` bytes each)."""
     per_row = {"relu bwd": 3 * c * s, "lsm fwd": 2 * c * s, "lsm bwd": 3 * c * s,
                "xent fwd": c * s + 4 + s, "xent bwd": 2 * c * s + 4 + s, "bias relu": 2 * c * s,
-               "gather": 2 * c * s + 16, "xent step": 2 * c * s + 4,
-               "sgd": 3 * c * s, "momentum": 5 * c * s, "adam": 7 * c * s, "adam step": 7 * c * s}
-    return n * per_row[kernel]
+               "bias relu bwd": 3 * c * s, "gather": 2 * c * s + 16, "xent step": 2 * c * s + 4,
+               "sgd": 3 * c * s, "momentum": 5 * c * s, "adam": 7 * c * s}
+    return n * per_row[kernel] + (c * s if kernel == "bias relu bwd" else 0)
 
 
 def target_for(kernel: str) -> float:
@@ -77,7 +81,7 @@ class Case:
     """One kernel at one shape: a call per implementation on shared data, and their outputs to compare."""
 
     def __init__(self, kernel: str, n: int, c: int, dtype, torch):
-        from xpgrad import backend, ops, optim
+        from xpgrad import backend, ops
 
         cp = backend.cupy
         self.kernel, self.n, self.c, self.torch = kernel, n, c, torch
@@ -88,9 +92,9 @@ class Case:
         self.calls = {}
         self.outputs = {}
         if kernel in OPTIMIZERS:
-            self._optimizer(kernel, optim, cp)
+            self._optimizer(kernel, cp, backend)
             return
-        if kernel in ("bias relu", *STEP_KERNELS):
+        if kernel in ("bias relu", "bias relu bwd", *STEP_KERNELS):
             self._step_kernel(kernel, cp, backend, rng)
             return
         op = {"relu bwd": ops.Relu, "lsm fwd": ops.LogSoftmax, "lsm bwd": ops.LogSoftmax,
@@ -133,39 +137,45 @@ class Case:
             return aten._log_softmax_backward_data(g, y, 1, x.dtype)
         return xent_bwd
 
-    def _optimizer(self, kernel, optim, cp):
+    def _optimizer(self, kernel, cp, backend):
+        """The update of ``kernel`` on flat arrays at lr 1e-3 (a schedule of one factor), from zero state."""
         p0, g = self.x.reshape(-1), self.gy.reshape(-1)
-        kwargs = {"momentum": {"momentum": 0.9}}.get(kernel, {})
-        lr = 1e-3
-        name = "adam" if kernel == "adam step" else kernel
+        lr, momentum = 1e-3, 0.9
+        schedule = cp.asarray([lr, 1.0])
         for impl in ("fused", "generic"):
-            p = p0.copy()
-            opt = optim.make_optimizer(name, {"p": p}, lr, **kwargs)
-            if kernel == "adam step":  # update 1, its lr and bias corrections read on the device
-                schedule = cp.asarray([opt.schedule_row(lr, 1)], dtype=numpy.float64)
-                counter = cp.ones((), dtype=numpy.int64)
-                self.calls[impl] = (lambda opt=opt, s=schedule, k=counter: opt.step_resident({"p": g}, s, k))
-            else:
-                self.calls[impl] = (lambda opt=opt: opt.step({"p": g}))
-            self.outputs[impl] = p
+            p, work = p0.copy(), cp.empty_like(p0)
+            state = [cp.zeros_like(p0) for _ in range({"sgd": 0, "momentum": 1, "adam": 2}[kernel])]
+            step = cp.zeros((), dtype=numpy.int64)  # advanced by every call; the lr stays 1e-3
+
+            def call(p=p, state=state, step=step, work=work):
+                ops = backend.get_ops(cp)  # at call time, under the fused switch of the implementation
+                if kernel == "sgd":
+                    ops.sgd_update(p, g, schedule, step, work=work)
+                elif kernel == "momentum":
+                    ops.momentum_update(p, g, *state, schedule, step, momentum, work=work)
+                else:
+                    ops.adam_update(p, g, *state, schedule, step, 0.9, 0.999, 1e-8, work=work)
+            self.calls[impl], self.outputs[impl] = call, p
         if self.torch is not None:
             torch = self.torch
             p = torch.from_dlpack(p0.copy())
             p.grad = torch.from_dlpack(g)
-            cls = torch.optim.Adam if name == "adam" else torch.optim.SGD
-            opt = cls([p], lr=lr, fused=True, **kwargs)
+            kwargs = {"momentum": momentum} if kernel == "momentum" else {}
+            opt = (torch.optim.Adam if kernel == "adam" else torch.optim.SGD)([p], lr=lr, fused=True, **kwargs)
             self.calls["torch"] = opt.step
             self.outputs["torch"] = p
 
     def _step_kernel(self, kernel, cp, backend, rng):
-        """bias relu, gather and xent step: each implementation on its own copies of the arrays."""
+        """bias relu (forward and backward), gather and xent step: each implementation on its own arrays."""
         n, c = self.n, self.c
+        if kernel == "bias relu bwd":
+            self._bias_relu_backward(cp, backend)
+            return
         b = rng.standard_normal(c, dtype=numpy.float64).astype(self.x.dtype)
         if kernel == "gather":
             table = rng.standard_normal((TRAIN_SET, c), dtype=numpy.float32).astype(self.x.dtype)
             labels = rng.integers(0, 10, size=TRAIN_SET, dtype=numpy.int32)
             order = cp.asarray(numpy.random.default_rng(n).permutation(TRAIN_SET).astype(numpy.int64))
-            step = cp.zeros((), dtype=numpy.int64)
         for impl in ("fused", "generic"):
             if kernel == "bias relu":
                 h = self.x.copy()
@@ -173,15 +183,18 @@ class Case:
                 out = h
             elif kernel == "gather":
                 out, out_t = cp.empty((n, c), dtype=self.x.dtype), cp.empty(n, dtype=numpy.int32)
-                call = (lambda out=out, out_t=out_t: backend.get_ops(cp).gather_batch(
-                    table, labels, order, step, n, out, out_t))
+                step = cp.zeros((), dtype=numpy.int64)
+                # Every call advances the batch counter; a batch size of 0 keeps every call on the first
+                # n entries of the order (the same work at any step) however often it is timed.
+                call = (lambda out=out, out_t=out_t, step=step: backend.get_ops(cp).gather_batch(
+                    table, labels, order, step, 0, out, out_t))
             else:
                 z, out = self.x.copy(), cp.empty_like(self.x)
-                sums = (cp.zeros((), self.x.dtype), cp.zeros((), numpy.int64), cp.zeros((), numpy.int64))
+                sums = (cp.zeros((), self.x.dtype), cp.zeros((), self.x.dtype), cp.zeros((), numpy.int64))
                 with common.xpgrad_fused(impl == "fused"):
                     work = backend.get_ops(cp).softmax_cross_entropy_step_work(z)
                 call = (lambda z=z, out=out, sums=sums, work=work: backend.get_ops(cp).softmax_cross_entropy_step(
-                    z, b, self.t, out, *sums, work=work))
+                    z, self.t, out, *sums, work=work))
             self.calls[impl], self.outputs[impl] = call, out
         if self.torch is None or kernel == "xent step":
             return
@@ -195,6 +208,21 @@ class Case:
             out = torch.empty((n, c), dtype=xt.dtype, device=xt.device)
             self.calls["torch"] = lambda: (torch.index_select(xt, 0, idx, out=out), tt.index_select(0, idx))
             self.outputs["torch"] = out
+
+    def _bias_relu_backward(self, cp, backend):
+        """gx = gy * (y > 0) and its column sums gb from y = relu(x); the outputs compared are the sums."""
+        y = cp.maximum(self.x, 0)
+        for impl in ("fused", "generic"):
+            gx, gb = cp.empty_like(self.gy), cp.empty(self.c, dtype=self.gy.dtype)
+            self.calls[impl] = lambda gx=gx, gb=gb: backend.get_ops(cp).bias_relu_backward(y, self.gy, gx, gb)
+            self.outputs[impl] = gb
+        if self.torch is not None:
+            torch = self.torch
+            yt, gyt = torch.from_dlpack(y), torch.from_dlpack(self.gy)
+            gbt = torch.empty(self.c, dtype=yt.dtype, device=yt.device)
+            # What autograd runs for relu(h + b): ReLU's backward, then the bias's sum over rows.
+            self.calls["torch"] = lambda: torch.sum(torch.ops.aten.threshold_backward(gyt, yt, 0), 0, out=gbt)
+            self.outputs["torch"] = gbt
 
     def check(self) -> dict:
         """Largest difference of generic and torch from fused after one call each (from equal states)."""
@@ -235,6 +263,9 @@ def shapes():
     for k in (*KERNELS, *STEP_KERNELS):
         if k in ("relu bwd", "bias relu"):
             out.append((f"{TRAIN_ROWS} x {TRAIN_HIDDEN}", k, TRAIN_ROWS, TRAIN_HIDDEN))
+        elif k == "bias relu bwd":  # a batch, a batch of a wide layer, and the whole training set at once
+            out += [(f"{rows} x {cols}", k, rows, cols) for rows, cols in
+                    ((TRAIN_ROWS, TRAIN_HIDDEN), (TRAIN_ROWS, 1024), (TRAIN_SET, TRAIN_HIDDEN))]
         elif k in OPTIMIZERS:
             out.append(("W1 784 x 100", k, 784, 100))
         elif k == "gather":

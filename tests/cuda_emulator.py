@@ -129,7 +129,7 @@ extern "C" int emu_launch(unsigned grid, unsigned block, int reverse_threads, in
 
 _C_DTYPES = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64",
              "unsigned int": "uint32"}
-_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong}
+_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "double": ctypes.c_double}
 
 
 def parameters(source: str) -> list[tuple[str, str, bool]]:

@@ -5,6 +5,7 @@ the references below are computed in float64 and compared with per-dtype
 tolerances. The references themselves are checked against PyTorch on the CPU.
 """
 
+import fnmatch
 import inspect
 import re
 import subprocess
@@ -167,11 +168,23 @@ def test_kernels_module_does_not_import_cupy():
     assert "import cupy" not in source and "from cupy" not in source
 
 
-def test_public_functions_have_docstrings():
-    for name in (
-        "relu_backward", "log_softmax_forward", "log_softmax_backward", "softmax_cross_entropy_forward",
-        "softmax_cross_entropy_backward", "sgd_update", "momentum_update", "adam_update",
-    ):
+def _generic_table_names():
+    """The functions xpgrad.generic's docstring lists as twins (a ``*`` stands for any ending)."""
+    table = generic.__doc__.split("The twins:")[1].split("\n\n")[1]
+    patterns = [line.split()[0] for line in table.splitlines() if line and not line.startswith(("=", "function"))]
+    public = [n for n, f in vars(generic).items() if inspect.isfunction(f) and not n.startswith("_")]
+    return {n for n in public if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+
+
+def test_the_twins_have_the_generic_signatures():
+    """xpgrad.kernels defines exactly the twins generic lists, each with the generic signature."""
+    twins = _generic_table_names()
+    assert {"sgd_update", "bias_relu_backward", "softmax_cross_entropy_step_work", "gather_batch"} <= twins
+    fused = {n for n, f in vars(kernels).items()
+             if inspect.isfunction(f) and f.__module__ == kernels.__name__ and not n.startswith("_")}
+    assert fused == twins
+    for name in twins:
+        assert inspect.signature(getattr(kernels, name)) == inspect.signature(getattr(generic, name)), name
         assert getattr(kernels, name).__doc__, name
 
 
@@ -310,52 +323,6 @@ def test_out_of_range_label_gives_nan_loss(gpu_xp):
     assert np.isnan(float(loss))
 
 
-def _optimizer_arrays(xp, rng, dtype, layout, count):
-    """``count`` (3, 4) host arrays and their GPU copies; GPU copies use ``layout``."""
-    host = [rng.standard_normal((3, 4)).astype(dtype) for _ in range(count)]
-    return host, list(move(xp, *host, layout=layout))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("layout", ["c", "T", "strided"])
-def test_sgd_update(gpu_xp, rng, dtype, layout):
-    (p, g), (p_gpu, g_gpu) = _optimizer_arrays(gpu_xp, rng, dtype, layout, 2)
-    kernels.sgd_update(p_gpu, g_gpu, 0.1)
-    _assert_close(p_gpu, ref_sgd(p.astype(np.float64), g, _scalar(dtype, 0.1)), dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("layout", ["c", "T", "strided"])
-def test_momentum_update(gpu_xp, rng, dtype, layout):
-    (p, g, v), (p_gpu, g_gpu, v_gpu) = _optimizer_arrays(gpu_xp, rng, dtype, layout, 3)
-    want_p, want_v = p.astype(np.float64), v.astype(np.float64)
-    for _ in range(3):
-        kernels.momentum_update(p_gpu, g_gpu, v_gpu, 0.1, 0.9)
-        want_p, want_v = ref_momentum(want_p, g, want_v, _scalar(dtype, 0.1), _scalar(dtype, 0.9))
-    _assert_close(p_gpu, want_p, dtype)
-    _assert_close(v_gpu, want_v, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("layout", ["c", "T", "strided"])
-def test_adam_update(gpu_xp, rng, dtype, layout):
-    (p, g), (p_gpu, g_gpu) = _optimizer_arrays(gpu_xp, rng, dtype, layout, 2)
-    g[0, 0] = 0  # a zero gradient: the update is 0, not 0/0
-    g_gpu[0, 0] = 0
-    m_gpu, v_gpu = gpu_xp.zeros_like(p_gpu), gpu_xp.zeros_like(p_gpu)
-    want_p, want_m, want_v = p.astype(np.float64), np.zeros((3, 4)), np.zeros((3, 4))
-    beta1, beta2, eps = _scalar(dtype, 0.9), _scalar(dtype, 0.999), _scalar(dtype, 1e-8)
-    for step in range(1, 4):
-        kernels.adam_update(p_gpu, g_gpu, m_gpu, v_gpu, 1e-2, 0.9, 0.999, 1e-8, step)
-        want_p, want_m, want_v = ref_adam(want_p, g, want_m, want_v, 1e-2, beta1, beta2, eps, step)
-    _assert_close(p_gpu, want_p, dtype)
-    _assert_close(m_gpu, want_m, dtype)
-    _assert_close(v_gpu, want_v, dtype)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("C", [10, 40])
 def test_a_nan_logit_spoils_only_its_own_row(gpu_xp, rng, C):
@@ -372,6 +339,96 @@ def test_a_nan_logit_spoils_only_its_own_row(gpu_xp, rng, C):
     assert np.isnan(lse[3]) and np.isfinite(lse[rest]).all()
 
 
+# ---------------------------------------------------------------------------
+# On a GPU: the optimizer updates against the references and their generic twins
+
+SCHEDULE = np.array([0.05, 1.0, 0.5, 0.25])  # a base rate and three factors
+UPDATE_KINDS = ["sgd", "momentum", "adam"]
+
+
+def _lr(step: int) -> float:
+    """The learning rate of update number ``step + 1`` under SCHEDULE."""
+    return SCHEDULE[0] * SCHEDULE[1 + min(step, len(SCHEDULE) - 2)]
+
+
+def _update_state(rng, kind, shape, dtype):
+    """Host param, grad and optimizer state (velocity, or Adam's m and v at 0, as an optimizer starts)."""
+    arrays = [rng.standard_normal(shape).astype(dtype) for _ in range({"sgd": 2, "momentum": 3, "adam": 4}[kind])]
+    if kind == "adam":
+        arrays[2][...], arrays[3][...] = 0, 0
+        arrays[1].reshape(-1)[0] = 0  # a zero gradient: the update is 0, not 0/0
+    return arrays
+
+
+def _update(module, kind, arrays, schedule, step, advance=True):
+    if kind == "sgd":
+        module.sgd_update(*arrays, schedule, step, advance=advance)
+    elif kind == "momentum":
+        module.momentum_update(*arrays, schedule, step, 0.9, advance=advance)
+    else:
+        module.adam_update(*arrays, schedule, step, 0.9, 0.999, 1e-8, advance=advance)
+
+
+def _reference_update(kind, arrays, step, dtype):
+    """Update number ``step + 1`` of float64 host ``arrays``, with the numbers a kernel of ``dtype`` sees."""
+    lr = _scalar(dtype, _lr(step))
+    if kind == "sgd":
+        return [ref_sgd(arrays[0], arrays[1], lr), arrays[1]]
+    if kind == "momentum":
+        p, v = ref_momentum(arrays[0], arrays[1], arrays[2], lr, _scalar(dtype, 0.9))
+        return [p, arrays[1], v]
+    p, m, v = ref_adam(*arrays, lr, _scalar(dtype, 0.9), _scalar(dtype, 0.999), _scalar(dtype, 1e-8), step + 1)
+    return [p, arrays[1], m, v]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kind", UPDATE_KINDS)
+@pytest.mark.parametrize("shape", [(1,), (5,), (3, 4), (4097,), (4 * kernels.THREADS * kernels.MAX_BLOCKS + 5,)],
+                         ids=["1", "5", "3x4", "4097", "past-MAX_BLOCKS"])
+def test_updates_match_the_references_and_the_generic_twins(gpu_xp, rng, dtype, kind, shape):
+    """Five updates in a row, the last two past the schedule's three factors; the step counter advances."""
+    host = _update_state(rng, kind, shape, dtype)
+    fused, twin = [gpu_xp.asarray(a) for a in host], [gpu_xp.asarray(a) for a in host]
+    want = [a.astype(np.float64) for a in host]
+    schedule = gpu_xp.asarray(SCHEDULE)
+    step, twin_step = gpu_xp.zeros((), np.int64), gpu_xp.zeros((), np.int64)
+    for s in range(5):
+        _update(kernels, kind, fused, schedule, step)
+        _update(generic, kind, twin, schedule, twin_step)
+        want = _reference_update(kind, want, s, dtype)
+    assert int(step) == int(twin_step) == 5
+    for got, other, ref in zip(fused, twin, want):
+        _assert_close(got, backend.to_numpy(other), dtype)
+        _assert_close(got, ref, dtype)
+    assert int(kernels._ticket()[0]) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", UPDATE_KINDS)
+def test_updates_without_advance_share_one_step(gpu_xp, rng, kind):
+    """The per-parameter path: the layers of a 784-100-10 MLP, only the last update advancing the counter."""
+    params = [_update_state(rng, kind, shape, np.float32) for shape in [(784, 100), (100,), (100, 10), (10,)]]
+    fused = [[gpu_xp.asarray(a) for a in arrays] for arrays in params]
+    step = gpu_xp.asarray(2, np.int64)
+    for k, arrays in enumerate(fused):
+        _update(kernels, kind, arrays, gpu_xp.asarray(SCHEDULE), step, advance=k == len(fused) - 1)
+    assert int(step) == 3
+    for arrays, host in zip(fused, params):
+        for got, ref in zip(arrays, _reference_update(kind, [a.astype(np.float64) for a in host], 2, np.float32)):
+            _assert_close(got, ref, np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["T", "strided"])
+def test_updates_refuse_arrays_that_are_not_contiguous(gpu_xp, rng, layout):
+    p, g = move(gpu_xp, *rng.standard_normal((2, 6, 4)), layout=layout)
+    step = gpu_xp.zeros((), np.int64)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.sgd_update(p, g, gpu_xp.asarray(SCHEDULE), step)
+    assert int(step) == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 4097])
 def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
@@ -382,12 +439,12 @@ def test_flat_kernels_cover_every_element(gpu_xp, rng, n):
     assert got is gy_gpu
     _assert_close(got, ref_relu_backward(x.astype(np.float64), gy), np.float32)
     p_gpu = gpu_xp.asarray(p)
-    kernels.sgd_update(p_gpu, gpu_xp.asarray(g), 0.5)
+    kernels.sgd_update(p_gpu, gpu_xp.asarray(g), gpu_xp.asarray([0.5, 1.0]), gpu_xp.zeros((), np.int64))
     _assert_close(p_gpu, ref_sgd(p.astype(np.float64), g, 0.5), np.float32)
 
 
 # ---------------------------------------------------------------------------
-# On a GPU: the device-resident step's kernels against their generic twins
+# On a GPU: the training step's kernels against their generic twins
 
 
 def _on_gpu_both_ways(gpu_xp, fn_name, make_args):
@@ -412,9 +469,39 @@ def test_gather_batch_and_bias_relu(gpu_xp, rng, dtype):
             x, t, order, np.asarray(step, np.int64), 16, np.zeros((rows, 7), dtype), np.zeros(rows, np.int32)])
         np.testing.assert_array_equal(fused[5], x[order[16 * step:16 * step + rows]])
         np.testing.assert_array_equal(fused[6], generic_[6])
+        assert fused[3] == generic_[3] == step + 1
     h, b = rng.standard_normal((40, 300)).astype(dtype), rng.standard_normal(300).astype(dtype)
     fused, generic_ = _on_gpu_both_ways(gpu_xp, "bias_relu_forward", lambda: [h, b])
     np.testing.assert_array_equal(fused[0], generic_[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("N, C", [(128, 100), (128, 1024), (37, 300), (1000, 10), (60_000, 100), (0, 5)])
+def test_bias_relu_backward(gpu_xp, rng, dtype, N, C, given):
+    """gx exactly as the generic twin's (NaN and inf in gy included), gb within tolerance of the generic
+    twin's and of a float64 sum, the same bits on a second run, and gy untouched."""
+    y = np.maximum(rng.standard_normal((N, C)), 0).astype(dtype)
+    gy = rng.standard_normal((N, C)).astype(dtype)
+    if N:
+        y[0, :3], gy[0, :3] = [0, 0, 1], [np.nan, np.inf, np.nan]  # NaN * 0, inf * 0, NaN * 1: all NaN
+    y_gpu, gy_gpu = gpu_xp.asarray(y), gpu_xp.asarray(gy)
+    out = (gpu_xp.full((N, C), 7, dtype), gpu_xp.full(C, 7, dtype)) if given else (None, None)
+    gx, gb = kernels.bias_relu_backward(y_gpu, gy_gpu, *out)
+    if given:
+        assert gx is out[0] and gb is out[1]
+    want_gx, want_gb = generic.bias_relu_backward(y_gpu, gy_gpu)
+    np.testing.assert_array_equal(backend.to_numpy(gx), backend.to_numpy(want_gx))
+    np.testing.assert_array_equal(backend.to_numpy(gy_gpu), gy)
+    with np.errstate(invalid="ignore"):
+        ref = (gy.astype(np.float64) * (y > 0)).sum(axis=0)
+    scale = 3 * np.sqrt(max(N, 1))
+    _assert_close(gb, ref, dtype, scale)
+    _assert_close(gb, backend.to_numpy(want_gb), dtype, scale)
+    again = kernels.bias_relu_backward(y_gpu, gy_gpu)[1]
+    assert backend.to_numpy(again).tobytes() == backend.to_numpy(gb).tobytes()
+    assert int(kernels._ticket()[0]) == 0
 
 
 @pytest.mark.gpu
@@ -422,51 +509,65 @@ def test_gather_batch_and_bias_relu(gpu_xp, rng, dtype):
 @pytest.mark.parametrize("N, C", [(1, 10), (128, 10), (600, 10), (37, 300)])
 def test_softmax_cross_entropy_step(gpu_xp, rng, dtype, N, C):
     z = (rng.standard_normal((N, C)) * 3).astype(dtype)
-    b = rng.standard_normal(C).astype(dtype)
     t = rng.integers(0, C, size=N).astype(np.int32)
     cp = gpu_xp
-    counters = {}
+    results = {}
     for name, module in (("kernels", kernels), ("generic", generic)):
-        zd, bd, td = cp.array(z), cp.array(b), cp.array(t)
-        gz, sums = cp.empty_like(zd), [cp.zeros((), dtype), cp.zeros((), np.int64), cp.zeros((), np.int64)]
+        zd, td = cp.array(z), cp.array(t)
+        gz = cp.empty_like(zd)
+        sums = [cp.zeros((), dtype), cp.zeros((), dtype), cp.zeros((), np.int64)]  # loss, loss_sum, correct
         work = module.softmax_cross_entropy_step_work(zd)
         for _ in range(2):
-            module.softmax_cross_entropy_step(cp.array(z), bd, td, gz, *sums, work=work)
-        counters[name] = [backend.to_numpy(gz)] + [backend.to_numpy(s) for s in sums]
-    fused, generic_ = counters["kernels"], counters["generic"]
+            module.softmax_cross_entropy_step(zd, td, gz, *sums, work=work)
+        results[name] = [backend.to_numpy(gz)] + [backend.to_numpy(s) for s in sums]
+    fused, generic_ = results["kernels"], results["generic"]
+    want_loss, _ = ref_softmax_cross_entropy(z.astype(np.float64), t)
     _assert_close(fused[0], generic_[0], dtype)
-    np.testing.assert_allclose(fused[1], generic_[1], rtol=tolerances(dtype)[0])
-    assert fused[2] == generic_[2] and fused[3] == generic_[3] == 2
+    _assert_close(fused[0], ref_softmax_cross_entropy_backward(z.astype(np.float64), t, 1.0), dtype)
+    _assert_close(fused[1], want_loss, dtype, 3)
+    np.testing.assert_allclose(fused[2], generic_[2], rtol=tolerances(dtype)[0])
+    np.testing.assert_allclose(fused[2], 2 * N * want_loss, rtol=tolerances(dtype)[0])
+    assert fused[3] == generic_[3] == 2 * int((z.argmax(axis=1) == t).sum())
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
-def test_optimizer_steps_read_the_schedule(gpu_xp, rng, dtype, kind):
-    """Row 3 of a schedule gives what the *_update kernels compute from the same numbers given directly,
-    and what the generic twins compute."""
-    p, g, m, v = (rng.standard_normal(4097).astype(dtype) for _ in range(4))
-    v = np.abs(v)
-    schedule = np.array([[0.1, 0.5, 0.25], [0.2, 0.4, 0.3], [0.05, 1 - 0.9**7, 1 - 0.999**7]])
+@pytest.mark.parametrize("kind", UPDATE_KINDS)
+def test_a_recorded_step_replays_with_its_counters_in_device_memory(gpu_xp, rng, kind):
+    """A gather, bias + ReLU backward and an update recorded once as a CUDA graph: each replay takes the next
+    batch and the next learning rate, as the generic twins do step by step."""
     cp = gpu_xp
-    a, c, d = ([cp.array(x) for x in (p, g, m, v)] for _ in range(3))
-    step = cp.asarray(3, dtype=np.int64)
-    for module, arrays in ((kernels, a), (generic, d)):  # fused, and its generic twin
-        if kind == "sgd":
-            module.sgd_step(arrays[0], arrays[1], cp.asarray(schedule), step)
-        elif kind == "momentum":
-            module.momentum_step(arrays[0], arrays[1], arrays[2], cp.asarray(schedule), step, 0.9)
-        else:
-            module.adam_step(*arrays, cp.asarray(schedule), step, 0.9, 0.999, 1e-8)
-    if kind == "sgd":
-        kernels.sgd_update(c[0], c[1], 0.05)
-    elif kind == "momentum":
-        kernels.momentum_update(c[0], c[1], c[2], 0.05, 0.9)
-    else:
-        kernels.adam_update(*c, 0.05, 0.9, 0.999, 1e-8, 7)
-    for got, updated, twin in zip(a, c, d):
-        _assert_close(got, backend.to_numpy(updated), dtype)
-        _assert_close(got, backend.to_numpy(twin), dtype)
+    x, gy = rng.standard_normal((64, 30)).astype(np.float32), rng.standard_normal((16, 30)).astype(np.float32)
+    data = [cp.asarray(x), cp.asarray(rng.integers(0, 10, size=64).astype(np.int32)),
+            cp.asarray(rng.permutation(64).astype(np.int64))]
+    host = _update_state(rng, kind, (30,), np.float32)
+
+    def state():
+        return {"params": [cp.asarray(a) for a in host], "batch": cp.zeros((), np.int64),
+                "step": cp.zeros((), np.int64), "x": cp.empty((16, 30), np.float32),
+                "t": cp.empty(16, np.int32), "gx": cp.empty((16, 30), np.float32)}
+
+    def training_step(module, s):
+        module.gather_batch(*data, s["batch"], 16, s["x"], s["t"])
+        _, gb = module.bias_relu_backward(s["x"], cp.asarray(gy) if module is generic else gy_gpu, s["gx"],
+                                          s["params"][1])
+        _update(module, kind, s["params"], schedule, s["step"])
+
+    schedule, gy_gpu = cp.asarray(SCHEDULE), cp.asarray(gy)
+    fused, twin = state(), state()
+    stream, kept = backend.capture_stream(), []
+    with stream:
+        training_step(kernels, fused)  # compiles and allocates the kernels' scratch, then step 1 is recorded
+    graph = backend.capture_graph(lambda: training_step(kernels, fused), stream, keep=kept)
+    for _ in range(3):
+        graph.launch(stream)
+    stream.synchronize()
+    for _ in range(4):
+        training_step(generic, twin)
+    assert int(fused["batch"]) == int(fused["step"]) == int(twin["step"]) == 4
+    for got, want in zip(fused["params"], twin["params"]):
+        _assert_close(got, backend.to_numpy(want), np.float32)
+    with stream:
+        assert int(kernels._ticket()[0]) == 0
 
 
 @pytest.mark.gpu

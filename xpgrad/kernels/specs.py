@@ -2,10 +2,11 @@
 
 A :class:`KernelSpec` is a ``cupy.ElementwiseKernel``: CuPy writes the loop
 and the indexing around an operation on one element, and compiles it once per
-dtype. A :class:`RawKernelSpec` is a ``cupy.RawKernel``, for kernels whose
-threads cooperate through shared memory: its source is written against type
-placeholders (``T`` for floats, ``S`` for labels) and compiled once per
-binding of them. Both are built through :mod:`xpgrad.backend`, so nothing
+dtype. A :class:`RawKernelSpec` is a ``cupy.RawKernel``, for kernels that
+choose their own launch shape (tiles in shared memory, several elements per
+thread, sums across blocks, counters they advance): its source is written
+against type placeholders (``T`` for floats, ``S`` for labels) and compiled
+once per binding of them. Both are built through :mod:`xpgrad.backend`, so nothing
 here imports CuPy, and every spec is listed in :data:`KERNELS`, so tests can
 compile each one without a GPU.
 """
