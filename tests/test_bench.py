@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import e2e, gpu_epoch, scaling, steps, summary, tensor_epoch, torch_variants, turns
+from bench import e2e, gpu_epoch, scaling, softmax_log, steps, summary, tensor_epoch, torch_variants, turns
 from xpgrad import Tensor, functional, no_grad
 from xpgrad.graphstep import GraphStep
 from xpgrad.training import Config, Trainer
@@ -310,6 +310,12 @@ def test_a_loop_of_ones_own_trains_exactly_as_the_trainer(optimizer):
         assert (a["train_loss"], a["train_accuracy"]) == (b["train_loss"], b["train_accuracy"])
     theirs = loop.model.state_dict()
     assert all(np.array_equal(theirs[k], v) for k, v in trainer.model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", softmax_log.DTYPES)
+def test_softmax_log_checks_every_backward_against_the_notebooks(dtype):
+    calls = softmax_log.cases(128, dtype)  # raises if a gradient differs from the notebook's
+    assert len(calls) == 4
 
 
 # ---------------------------------------------------------------------------
