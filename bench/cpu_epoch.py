@@ -3,9 +3,12 @@
 The work is the default recipe's shape with plain SGD: a 784-100-10 MLP
 (Linear+ReLU+Linear with biases), float32, batches of 128 over 60 000 samples.
 An epoch is everything ``Trainer.train_epoch`` does: draw a permutation,
-gather each batch, forward, backward, update, and keep the running loss and
-accuracy; no evaluation. PyTorch runs the same loop on the same normalized
-data, the same initial weights and the same batch order.
+gather each batch, forward (Flatten, Linear+ReLU, Linear, through the tape),
+the loss, ``loss.backward()``, one fused update of the flat parameter buffer,
+and keep the running loss and accuracy; no evaluation. PyTorch runs the same
+loop on the same normalized data, with the same model (layer for layer, the
+initial weights copied from the trainer's ``state_dict`` by name) and the
+same batch order.
 
 The GEMM floor is the time the epoch's matrix products alone would take at
 the sgemm rate NumPy reaches at exactly those shapes, measured in the same run.
@@ -85,7 +88,8 @@ class TorchEpoch:
     def __init__(self, trainer: Trainer, threads: int | None = None):
         import torch
 
-        from xpgrad import backend
+        from bench.torch_variants import torch_model
+        from bench.turns import host_state
 
         self.torch = torch
         if threads:
@@ -95,14 +99,9 @@ class TorchEpoch:
         self.t = torch.from_dlpack(trainer.t_train).long()
         self.device = self.x.device
         self.log_every = trainer.log_every
-        params = {k: backend.to_numpy(v) for k, v in trainer.model.params.items()}
-        sizes = trainer.model.sizes
-        self.model = torch.nn.Sequential(
-            torch.nn.Linear(sizes[0], sizes[1]), torch.nn.ReLU(), torch.nn.Linear(sizes[1], sizes[2])).to(self.device)
-        with torch.no_grad():
-            for layer, i in ((self.model[0], 1), (self.model[2], 2)):
-                layer.weight.copy_(torch.from_numpy(params[f"W{i}"].T.copy()))
-                layer.bias.copy_(torch.from_numpy(params[f"b{i}"]))
+        # The trainer's model layer for layer (Flatten, Linear, ReLU, Linear), its initial weights by name.
+        self.model = torch_model(torch, [type(m).__name__ for m in trainer.model], host_state(trainer.model),
+                                 self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=trainer.config.lr)
         self.batch = trainer.batch_size
         # The same batch order as the trainer: its generator, seeded the same way.

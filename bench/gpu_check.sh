@@ -94,7 +94,7 @@ else
     STEPS+=("e2e skipped 0 no-data")
 fi
 bench scaling 150 scaling --budget @BUDGET@ --compile-limit 40 ${DATA[@]+"${DATA[@]}"}
-# The Tensor (tape) epoch against the Trainer's and PyTorch eager (issue 12): last, as the least urgent.
+# A training loop of one's own (Tensors, nn, optim) against the Trainer's epoch and PyTorch eager: last, as the least urgent.
 bench tensor_epoch 45 tensor_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
 
 # results.json (everything) and summary.json (the targets' figures), from the steps' JSON.

@@ -1,7 +1,8 @@
 """The epoch as a JAX user would write it: a ``jax.jit`` step in a Python loop, or the whole epoch as one ``lax.scan``.
 
 Both train the MLP of a :class:`bench.turns.Setup` (its data copied to the
-JAX device once, its initial weights, batch order and learning-rate table)
+JAX device once and flattened to (N, 784), its initial weights by name, batch
+order and learning-rate table)
 with Adam written out as xpgrad computes it, the bias corrections to full
 float32 precision (see :func:`update`), so that after an epoch the
 parameters agree with xpgrad's to about 1e-6. The
@@ -79,7 +80,7 @@ def update(state, X, T, idx, lr_table):
     step = state["step"] + 1
     # 1 - beta**t as -expm1(t log beta): in float32, 1 - 0.999**t loses up to five digits at small t,
     # and that alone moves the parameters after one epoch by 30% (relative) from xpgrad's, which
-    # computes the bias corrections in float64 on the host.
+    # computes the bias corrections in float64.
     t = step.astype(x.dtype)
     c1 = lr / -jnp.expm1(t * math.log(BETA1))
     c2 = 1 / -jnp.expm1(t * math.log(BETA2))
@@ -122,11 +123,16 @@ class JaxEpochs:
         self.steps_per_epoch = setup.steps_per_epoch
         self.full = setup.n // setup.batch
         put = lambda a: jax.device_put(a, self.device)  # noqa: E731
-        self.X = put(backend.to_numpy(setup.x))
+        x = backend.to_numpy(setup.x)
+        self.X = put(x.reshape(x.shape[0], -1))  # the model's Flatten, once
         self.T = put(backend.to_numpy(setup.t).astype(numpy.int32))
         self.lr_table = put(setup.lr_table.astype(self.X.dtype))
-        layers = len(setup.sizes) - 1
-        params = [(setup.params[f"W{i}"], setup.params[f"b{i}"]) for i in range(1, layers + 1)]
+        self.names = setup.linears()
+        if setup.layers != ("Flatten", *("Linear", "ReLU") * (len(self.names) - 1), "Linear") or any(
+                b is None for _, b in self.names):
+            raise Unavailable(f"the JAX step implements Flatten then Linear (with bias) and ReLU in turn, "
+                              f"not {', '.join(setup.layers)}")
+        params = [(setup.params[w], setup.params[b]) for w, b in self.names]
         zeros = [(numpy.zeros_like(W), numpy.zeros_like(b)) for W, b in params]
         self.initial = {"params": params, "m": zeros, "v": zeros, "step": numpy.int32(0), "k": numpy.int32(0),
                         "loss_sum": numpy.zeros((), self.X.dtype), "correct": numpy.int32(0)}
@@ -183,8 +189,8 @@ class JaxEpochs:
 
     def params(self) -> dict:
         out = {}
-        for i, (W, b) in enumerate(self.state["params"], start=1):
-            out[f"W{i}"], out[f"b{i}"] = numpy.array(W), numpy.array(b)  # copies: donation reuses buffers
+        for (w_name, b_name), (W, b) in zip(self.names, self.state["params"]):
+            out[w_name], out[b_name] = numpy.array(W), numpy.array(b)  # copies: donation reuses buffers
         return out
 
     def info(self) -> dict:

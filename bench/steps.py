@@ -1,6 +1,9 @@
 """One training step, measured apart from the epoch: its time on a fixed batch, and its kernels.
 
-Kernels per step are counted two ways (GPU only):
+Both measure the Trainer's one training step (``Trainer._step_function``:
+gather, forward, loss, backward, update), eagerly or as the CUDA graph
+``Trainer(graph="on")`` records of it. Kernels per step are counted two
+ways (GPU only):
 
 * in a captured CUDA graph: its KERNEL nodes, read from CuPy's verbose DOT
   dump of the graph (``Graph.debug_dot_str``);
@@ -14,7 +17,10 @@ import collections
 import re
 import time
 
+import numpy
+
 from bench import common
+from xpgrad.training.batches import Batches
 
 
 def graph_nodes(graph) -> dict:
@@ -55,17 +61,24 @@ def profiled_kernels(step, steps: int = 10) -> dict:
 
 
 def xpgrad_fixed_step(trainer):
-    """One ``Trainer.step`` on a fixed batch, with the loss and hit sums the epoch keeps."""
-    xp, idx = trainer.xp, trainer.xp.arange(trainer.batch_size)
-    sums = [xp.zeros((), dtype=trainer.dtype), xp.zeros((), dtype=xp.int64)]
+    """The Trainer's training step (``trainer._step_function``: gather the batch on the device, forward,
+    loss with the loss and hit sums, ``loss.backward()``, ``optimizer.step()``) on one fixed batch, rows
+    0..B-1 of the training data every time, gathered through a batch order of its own."""
+    b, n = trainer.batch_size, trainer.n_train
+    batches = Batches(trainer.x_train, trainer.t_train, b, trainer.device)
+    order = numpy.arange(n, dtype=numpy.int64) % b  # every batch of this "epoch" is rows 0..b-1
+    per_epoch = n // b
+    step, done = trainer._step_function(batches.batch(b)), [0]
+    batches.begin_epoch(order)
 
-    def step():
-        x, t = trainer.x_train[idx], trainer.t_train[idx]
-        loss, correct = trainer.step(x, t)
-        sums[0] += loss * t.shape[0]
-        sums[1] += correct
+    def fixed_step():
+        if done[0] == per_epoch:  # the batch counter reached the order's end: start it again
+            batches.begin_epoch(order)
+            done[0] = 0
+        step()
+        done[0] += 1
 
-    return step
+    return fixed_step
 
 
 def wall_step_time(fn, sync, repeats: int) -> dict:

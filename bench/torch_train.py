@@ -5,7 +5,8 @@ zero biases, inputs standardized with the training set's mean and standard
 deviation, cross-entropy, Adam with lr 2e-3 decayed by a cosine over all steps
 of 15 epochs, batch 128, float32, the test set evaluated after every epoch.
 Where it costs nothing it matches xpgrad exactly: the initial weights are the
-same draws (``xpgrad.model.init_weight`` with the same seed) and the batch
+same draws (``xpgrad.nn.init.init_weight`` with the same seed, layer by layer,
+as the built-in ``xpgrad.models.mlp`` draws them) and the batch
 order comes from the same generator (``default_rng([seed, 1])``), so the two
 runs see the same batches. The files are read with ``xpgrad.data``, verified
 the same way. Prints a line per epoch and a last line with the test accuracy,
@@ -49,8 +50,10 @@ def standardized(torch, images, device, mean=None, std=None):
 
 
 def make_model(torch, seed, device):
-    """The MLP with xpgrad's initial weights for ``seed`` (He: N(0, 2/fan_in); zero biases)."""
-    from xpgrad.model import init_weight
+    """The MLP with xpgrad's initial weights for ``seed`` (He: N(0, 2/fan_in); zero biases).
+
+    xpgrad keeps weights as (in, out), PyTorch as (out, in): hence the transpose."""
+    from xpgrad.nn.init import init_weight
 
     rng = numpy.random.default_rng(seed)
     layers = [torch.nn.Linear(784, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)]

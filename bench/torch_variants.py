@@ -1,9 +1,10 @@
 """The epoch as a PyTorch user would write it: eager, captured in ``torch.cuda.graph``, or ``torch.compile``d.
 
-All three train an ``nn.Sequential`` of ``nn.Linear`` and ``nn.ReLU`` with
+All three train an ``nn.Sequential`` of ``nn.Flatten``, ``nn.Linear`` and
+``nn.ReLU`` laid out as the xpgrad model (:func:`torch_model`) with
 ``F.cross_entropy`` from a :class:`bench.turns.Setup` (the xpgrad trainer's
-data on its device, shared through DLPack, its initial weights, batch order
-and learning-rate schedule), gathering each batch on the device:
+data on its device, shared through DLPack, its initial weights by name, batch
+order and learning-rate schedule), gathering each batch on the device:
 
 * ``eager``: ``torch.optim.Adam`` (or SGD), the learning rate set per step
   in ``param_groups`` as an LR scheduler does;
@@ -31,6 +32,32 @@ from bench.turns import Setup, Unavailable
 
 MODES = ("eager", "graph", "compile")
 WARMUP_STEPS = 3  # compile / record / replay for reduce-overhead; enough to initialize Adam's state
+
+
+def torch_model(torch, layers, params: dict, device):
+    """The xpgrad model as a ``torch.nn.Sequential``: the same ``layers`` (kinds, in order) at the same
+    positions, so the two ``state_dict``s share their names, with ``params`` (xpgrad's state by name,
+    host arrays) copied in; weights transposed, as PyTorch stores them (out, in)."""
+    nn = torch.nn
+    modules = []
+    for i, kind in enumerate(layers):
+        if kind == "Linear":
+            W, b = params[f"{i}.weight"], params.get(f"{i}.bias")
+            linear = nn.Linear(W.shape[0], W.shape[1], bias=b is not None, dtype=torch.from_numpy(W).dtype)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(W.T.copy()))
+                if b is not None:
+                    linear.bias.copy_(torch.from_numpy(b))
+            modules.append(linear)
+        else:
+            modules.append({"Flatten": nn.Flatten, "ReLU": nn.ReLU}[kind]())
+    return nn.Sequential(*modules).to(device)
+
+
+def xpgrad_layout(model) -> dict:
+    """A :func:`torch_model`'s parameters as host arrays by name, in xpgrad's layout (weights (in, out))."""
+    return {name: (p.detach().cpu().numpy().T if name.endswith("weight") else p.detach().cpu().numpy()).copy()
+            for name, p in model.named_parameters()}
 
 
 class TorchEpochs:
@@ -76,15 +103,7 @@ class TorchEpochs:
     # -- construction ----------------------------------------------------------
 
     def _model(self):
-        nn = self.torch.nn
-        layers = []
-        for i, (fan_in, fan_out) in enumerate(zip(self.setup.sizes[:-1], self.setup.sizes[1:]), start=1):
-            linear = nn.Linear(fan_in, fan_out)
-            with self.torch.no_grad():
-                linear.weight.copy_(self.torch.from_numpy(self.setup.params[f"W{i}"].T.copy()))
-                linear.bias.copy_(self.torch.from_numpy(self.setup.params[f"b{i}"]))
-            layers += [linear, nn.ReLU()]
-        return nn.Sequential(*layers[:-1]).to(self.device)
+        return torch_model(self.torch, self.setup.layers, self.setup.params, self.device)
 
     def _optimizer(self):
         torch, params = self.torch, self.model.parameters()
@@ -216,12 +235,7 @@ class TorchEpochs:
             self.torch.cuda.synchronize()
 
     def params(self) -> dict:
-        out = {}
-        linears = [m for m in self.model if isinstance(m, self.torch.nn.Linear)]
-        for i, layer in enumerate(linears, start=1):
-            out[f"W{i}"] = layer.weight.detach().cpu().numpy().T.copy()
-            out[f"b{i}"] = layer.bias.detach().cpu().numpy().copy()
-        return out
+        return xpgrad_layout(self.model)
 
     def info(self) -> dict:
         facts = {"mode": self.mode, "captured": self.graph is not None, "torch": self.torch.__version__}

@@ -7,8 +7,10 @@ An implementation (xpgrad, PyTorch, JAX; eager, captured or compiled) has:
   it must leave the model, optimizer state and step counters as they were;
 * ``epoch()``: train one epoch, returning ``train_loss`` and ``train_accuracy``;
 * ``sync()``: wait for the device's queued work;
-* ``params()``: the parameters as NumPy arrays in xpgrad's names and layout
-  (``W1`` of shape (784, hidden), ``b1``, ...);
+* ``params()``: the parameters as NumPy arrays by the names of the xpgrad
+  model's ``state_dict`` and in its layout (``1.weight`` of shape
+  (784, hidden), ``1.bias``, ``3.weight``, ...; PyTorch's dotted names,
+  xpgrad's (in, out) weights);
 * optionally ``after_first_epoch()``, which raises :class:`Unavailable` when
   the implementation turns out not to be what it claims (a graph that fell
   back to eager), and ``info()``, a dict of facts for the JSON.
@@ -44,18 +46,21 @@ class Unavailable(Exception):
 
 @dataclasses.dataclass
 class Setup:
-    """What every implementation copies from one xpgrad trainer: data, weights, batches, schedule.
+    """What every implementation copies from one xpgrad trainer: data, model, weights, batches, schedule.
 
-    ``x`` (N, 784) and ``t`` (N,) int32 are the trainer's normalized device
-    arrays (NumPy or CuPy); ``params`` the initial weights as host arrays;
-    ``lr_table[s]`` the learning rate of optimizer step ``s`` (0-based,
-    the last entry repeats past the end of the schedule).
+    ``x`` (N, 1, 28, 28) and ``t`` (N,) int32 are the trainer's normalized
+    device arrays (NumPy or CuPy); ``layers`` the kinds of the model's layers
+    in order (``("Flatten", "Linear", "ReLU", "Linear")``); ``params`` the
+    initial weights as host arrays, by ``state_dict`` name (``1.weight`` is
+    layer 1's (in, out) weight); ``lr_table[s]`` the learning rate of
+    optimizer step ``s`` (0-based, the last entry repeats past the end of
+    the schedule).
     """
 
     x: object
     t: object
+    layers: tuple
     params: dict
-    sizes: tuple
     batch: int
     seed: int
     optimizer: str
@@ -78,16 +83,32 @@ class Setup:
     def lr_at(self, step: int) -> float:
         return float(self.lr_table[min(step, len(self.lr_table) - 1)])
 
+    def linears(self) -> list[tuple[str, str | None]]:
+        """``(weight name, bias name or None)`` of each Linear layer, in order."""
+        return [(f"{i}.weight", f"{i}.bias" if f"{i}.bias" in self.params else None)
+                for i, kind in enumerate(self.layers) if kind == "Linear"]
+
+
+#: The layer kinds every implementation can mirror.
+LAYER_KINDS = ("Flatten", "Linear", "ReLU")
+
+
+def host_state(model) -> dict:
+    """An xpgrad model's ``state_dict`` as host copies (NumPy), by name."""
+    return {k: backend.to_numpy(v).copy() for k, v in model.state_dict().items()}
+
 
 def setup_from(trainer) -> Setup:
-    """The :class:`Setup` of an xpgrad trainer that has not trained yet."""
-    total = trainer.config.epochs * trainer.steps_per_epoch
+    """The :class:`Setup` of an xpgrad trainer that has not trained yet (its model a Sequential of
+    :data:`LAYER_KINDS`, as the built-in ``mlp`` is)."""
+    layers = tuple(type(m).__name__ for m in trainer.model)
+    if set(layers) - set(LAYER_KINDS):
+        raise ValueError(f"the benchmarks mirror Sequentials of {', '.join(LAYER_KINDS)} only, got {layers}")
+    opt = trainer.optimizer
     return Setup(
-        x=trainer.x_train, t=trainer.t_train,
-        params={k: backend.to_numpy(v).copy() for k, v in trainer.model.params.items()},
-        sizes=tuple(trainer.model.sizes), batch=trainer.batch_size, seed=trainer.config.seed,
-        optimizer=trainer.config.optimizer,
-        lr_table=numpy.array([trainer.lr_at(s) for s in range(total + 1)]),
+        x=trainer.x_train, t=trainer.t_train, layers=layers, params=host_state(trainer.model),
+        batch=trainer.batch_size, seed=trainer.config.seed, optimizer=trainer.config.optimizer,
+        lr_table=numpy.array([opt.lr_at(s) for s in range(opt.schedule.steps + 1)]),
         log_every=trainer.log_every, on_gpu=trainer.device.is_gpu)
 
 
@@ -119,13 +140,14 @@ class XpgradEpochs:
 
     def after_first_epoch(self) -> None:
         if self.graph == "on" and not getattr(self.trainer, "graph_enabled", False):
-            raise Unavailable("the Trainer fell back to eager (graph_enabled is False after the first epoch)")
+            where = "" if self.trainer.device.is_gpu else "; on the CPU there is no CUDA graph to record"
+            raise Unavailable(f"the Trainer fell back to eager (graph_enabled is False after the first epoch{where})")
 
     def sync(self) -> None:
         self.trainer.device.synchronize()
 
     def params(self) -> dict:
-        return {k: backend.to_numpy(v).copy() for k, v in self.trainer.model.params.items()}
+        return host_state(self.trainer.model)
 
     def info(self) -> dict:
         return {"graph": self.graph, "graph_enabled": getattr(self.trainer, "graph_enabled", None)}

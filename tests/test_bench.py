@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import e2e, gpu_epoch, scaling, steps, summary, turns
-from xpgrad.training import Trainer
+from bench import e2e, gpu_epoch, scaling, softmax_log, steps, summary, tensor_epoch, torch_variants, turns
+from xpgrad import Tensor, functional, no_grad
+from xpgrad.graphstep import GraphStep
+from xpgrad.training import Config, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_IMPLS = "xpgrad_eager,torch_eager,torch_graph"
@@ -205,12 +207,13 @@ def test_jax_steps_match_xpgrad(tmp_path, monkeypatch):
 
 
 class GraphTrainer(Trainer):
-    """The real Trainer, whose ``graph="on"`` step on the CPU is the device-resident step run
-    uncaptured; it reports ``graph_enabled`` as a GPU does once the step is captured."""
+    """The real Trainer, whose ``graph="on"`` steps on the CPU are GraphSteps run as they are (nothing to
+    record there); it reports ``graph_enabled`` as a GPU does once they are recorded."""
 
     @property
     def graph_enabled(self):
-        return self._resident()
+        steps = self._steps or ()
+        return self.graph == "on" and bool(steps) and all(isinstance(s, GraphStep) for s in steps)
 
 
 class FallbackTrainer(Trainer):
@@ -261,6 +264,58 @@ def test_without_the_graph_option_the_graph_row_says_why(tmp_path, monkeypatch):
     assert code == 0
     assert "no graph= option" in result["unavailable"]["xpgrad_graph"]
     assert result["summary"]["epoch_ms"]["xpgrad_graph"] is None
+
+
+def small_trainer(n=1000, **overrides) -> Trainer:
+    config = Config.from_recipe("default", dataset="idx", **overrides)
+    return Trainer(config, gpu_epoch.smoke_dataset(n), progress=False)
+
+
+def test_the_fixed_step_is_the_trainers_step_on_one_batch():
+    trainer = small_trainer(300, optimizer="sgd", lr=0.01, schedule="constant")
+    b = trainer.batch_size
+    with no_grad():
+        expected = functional.cross_entropy(trainer.model(Tensor(trainer.x_train[:b])), trainer.t_train[:b])
+    loss_sum, _ = trainer.batches.stats
+    step = steps.xpgrad_fixed_step(trainer)
+    step()
+    assert float(loss_sum) == pytest.approx(float(expected.data) * b, rel=1e-6)  # rows 0..b-1, before the update
+    for _ in range(4):  # past the end of its 2-batch order: the order starts again
+        step()
+    assert trainer.optimizer.step_count == 5
+
+
+def test_pytorch_mirrors_the_xpgrad_model_by_name():
+    torch = pytest.importorskip("torch")
+    trainer = small_trainer()
+    setup = turns.setup_from(trainer)
+    assert setup.layers == ("Flatten", "Linear", "ReLU", "Linear")
+    assert setup.linears() == [("1.weight", "1.bias"), ("3.weight", "3.bias")]
+    model = torch_variants.torch_model(torch, setup.layers, setup.params, "cpu")
+    assert list(model.state_dict()) == list(setup.params)
+    back = torch_variants.xpgrad_layout(model)
+    assert all(np.array_equal(back[k], v) for k, v in setup.params.items())
+    x = trainer.x_train[:8]
+    with no_grad():
+        ours = trainer.model(Tensor(x)).data
+    np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), ours, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_loop_of_ones_own_trains_exactly_as_the_trainer(optimizer):
+    trainer = tensor_epoch.make_trainer(gpu_epoch.smoke_dataset(), optimizer, "cpu")
+    loop = tensor_epoch.LoopEpoch(trainer)
+    for _ in range(2):
+        a, b = trainer.train_epoch(), loop()
+        assert (a["train_loss"], a["train_accuracy"]) == (b["train_loss"], b["train_accuracy"])
+    theirs = loop.model.state_dict()
+    assert all(np.array_equal(theirs[k], v) for k, v in trainer.model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", softmax_log.DTYPES)
+def test_softmax_log_checks_every_backward_against_the_notebooks(dtype):
+    calls = softmax_log.cases(128, dtype)  # raises if a gradient differs from the notebook's
+    assert len(calls) == 4
 
 
 # ---------------------------------------------------------------------------
