@@ -68,6 +68,7 @@ def launches_of_one_step(monkeypatch, trainer) -> list[str]:
     monkeypatch.setattr(backend, "get_ops", lambda xp: kernels)
     monkeypatch.setattr(backend, "cupy", np)  # the kernels' own scratch arrays, on the host
     monkeypatch.setattr(backend, "device_of", lambda a: backend.CPU)
+    monkeypatch.setattr(kernels, "_stream", lambda: (0, 0))  # the kernels' scratch, keyed by device and stream
     monkeypatch.setattr(kernels.KernelSpec, "__call__", lambda spec, *a, **k: log.append(spec.name))
     monkeypatch.setattr(kernels.RawKernelSpec, "launch", lambda spec, *a: log.append(spec.name))
     monkeypatch.setattr(ops, "matmul", _gemm(log))
