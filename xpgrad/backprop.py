@@ -5,9 +5,12 @@ flowing into that output is kept in the node's ``gy`` slot while the pass
 runs: no tensor -> gradient map is needed, only a count of each node's
 pending consumers.
 
-Gradients flowing between nodes are never updated in place: a node's
-gradient may be the very array another node received (``a + b`` hands ``gy``
-to both), so every sum is a new array. A leaf's ``.grad`` is its own: a
+Gradients flowing between nodes are not updated in place, unless the pass
+knows the array is the receiving node's alone: a node's gradient may be the
+very array another node received (``a + b`` hands ``gy`` to both), a view of
+one, or a retained ``.grad``. A node whose ``gy`` is a new array made for it
+alone gets ``owned = True`` (:func:`_hand`), and its backward may then write
+into ``gy`` (as :class:`xpgrad.functions.LinearReLU` does), saving a copy. A leaf's ``.grad`` is its own: a
 parameter made flat by :func:`xpgrad.nn.flatten_parameters` receives its
 gradient in its view of the flat gradient buffer, written there directly by
 the Function that computes it when it can (:func:`grad_destination`), and
@@ -23,6 +26,7 @@ from .backend import get_array_module
 from .backend import graph as _graph
 
 _unit_seeds = {}
+_unit_ids = set()  # id() of every seed, for is_unit's one set lookup
 
 
 def unit_seed(like):
@@ -35,6 +39,7 @@ def unit_seed(like):
     if seed is None:
         with device:
             seed = _unit_seeds[key] = device.xp.ones(like.shape, dtype=like.dtype)
+        _unit_ids.add(id(seed))  # seeds live as long as the process, so their ids stay theirs
         if device.xp is numpy:
             seed.flags.writeable = False  # nothing may write into a shared seed
     return seed
@@ -42,7 +47,7 @@ def unit_seed(like):
 
 def is_unit(gy) -> bool:
     """Whether ``gy`` is a seed of :func:`unit_seed`: the gradient of a loss with respect to itself, 1."""
-    return any(gy is seed for seed in _unit_seeds.values())
+    return id(gy) in _unit_ids
 
 
 def grad_destination(node, i: int):
@@ -53,9 +58,7 @@ def grad_destination(node, i: int):
     here, so a flat parameter's gradient costs no copy.
     """
     x = node.inputs[i]
-    if x._grad_slot is None or x.grad is not None or x.creator is not None:
-        return None
-    if sum(1 for other in node.inputs if other is x) > 1:
+    if x._grad_slot is None or x.grad is not None or x.creator is not None or node.inputs.count(x) > 1:
         return None
     return x._grad_slot
 
@@ -86,6 +89,17 @@ def accumulate(t, g) -> None:
         t.grad = t.grad + g
 
 
+def _hand(producer, gx, gy, grads) -> None:
+    """Give ``gx`` to ``producer``, adding it to what it has; ``owned`` when the result is producer's alone:
+    a new array (not a view, not the giving node's own ``gy``, not given to another input as well)."""
+    if producer.gy is None:
+        producer.gy = gx
+        producer.owned = gx is not gy and gx.base is None and sum(g is gx for g in grads) == 1
+    else:
+        producer.gy = producer.gy + gx
+        producer.owned = True
+
+
 def _consumers(root) -> dict:
     """For every node reachable from ``root``, how many recorded edges lead out of it (towards root)."""
     pending = {root: 0}
@@ -111,7 +125,7 @@ def run_backward(root, seed) -> None:
     algorithm), with an explicit stack instead of recursion.
     """
     pending = _consumers(root)
-    root.gy = seed
+    root.gy, root.owned = seed, False
     ready = [root]
     try:
         while ready:
@@ -134,6 +148,7 @@ def _run_node(node, pending: dict, ready: list) -> None:
         kept = node.retained()
         if kept is not None:
             accumulate(kept, gy)
+            node.owned = False  # .grad now holds gy itself
     grads = node.backward(gy) if gy is not None else (None,) * len(node.inputs)
     for x, gx in zip(node.inputs, grads):
         producer = x.creator
@@ -142,7 +157,7 @@ def _run_node(node, pending: dict, ready: list) -> None:
                 accumulate(x, gx)
             continue
         if gx is not None:
-            producer.gy = gx if producer.gy is None else producer.gy + gx
+            _hand(producer, gx, gy, grads)
         pending[producer] -= 1
         if pending[producer] == 0:
             ready.append(producer)

@@ -110,12 +110,13 @@ class LinearReLU(Op):
         self.mem = {"x": x, "W": W, "y": get_ops(xp).bias_relu_forward(h, b)}
         return self.mem["y"]
 
-    def backward(self, gy, out=None):
-        """``(gx, gW, gb)``; ``out=(gx, gW, gb)`` (any may be None) writes them into preallocated arrays."""
+    def backward(self, gy, out=None, overwrite_gy=False):
+        """``(gx, gW, gb)``; ``out=(gx, gW, gb)`` (any may be None) writes them into preallocated arrays.
+        With ``overwrite_gy``, the ReLU's mask is applied to ``gy`` in place rather than to a copy."""
         x, W, y = self.mem["x"], self.mem["W"], self.mem["y"]
         xp = get_array_module(gy, x)
         gx_out, gW_out, gb_out = (None, None, None) if out is None else out
-        g, gb = get_ops(xp).bias_relu_backward(y, gy, gb=gb_out)
+        g, gb = get_ops(xp).bias_relu_backward(y, gy, gx=gy if overwrite_gy else None, gb=gb_out)
         gx = matmul(xp, g, W.T, out=gx_out) if self.needs_input_grad else None
         return gx, matmul(xp, x.T, g, out=gW_out), gb
 
@@ -257,7 +258,9 @@ class SoftmaxCrossEntropy(Op):
 
     @classmethod
     def _step_work(cls, ops, x):
-        key = (ops.__name__, backend.device_of(x), x.shape, x.dtype)
+        if ops is generic:
+            return None
+        key = (backend.device_of(x), x.shape, x.dtype)
         if key not in cls._step_works:
             cls._step_works[key] = ops.softmax_cross_entropy_step_work(x)
         return cls._step_works[key]

@@ -100,7 +100,11 @@ class Optimizer:
         self._lr = float(lr)
         self._flat_state = {}
         self.state = {s: self._state_arrays(s) for s in self.state_names}
-        self._scratch = self._state_arrays(None) if self.xp is numpy else {n: None for n in self.names}
+        # Scratch for the CPU's in-place updates (a GPU kernel needs none): one flat array, or one per parameter.
+        on_cpu = self.xp is numpy
+        self._flat_scratch = numpy.empty_like(self.flat.data) if on_cpu and self.flat is not None else None
+        self._scratch = {n: numpy.empty_like(t.data) if on_cpu and self.flat is None else None
+                         for n, t in zip(self.names, self.tensors)}
 
     def _state_arrays(self, state_name) -> dict:
         """Zeros like each parameter, by name: views of one flat array when the parameters are flat."""
@@ -138,25 +142,20 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update from the parameters' ``.grad``, and count it."""
         ops = get_ops(self.xp)
-        if self.flat is not None:
-            self.flat.check()
-            for name, t in zip(self.names, self.tensors):
-                _check_grad(name, t, t._grad_slot)
+        flat = self.flat
+        if flat is not None:
+            for t, view in zip(self.tensors, flat.views):
+                if t.data is not view or t.grad is not t._grad_slot:  # else nothing to check
+                    flat.check()
+                    _check_grad(self.names[self.tensors.index(t)], t, t._grad_slot)
             state = [self._flat_state[s] for s in self.state_names]
-            self._update(ops, self.flat.data, self.flat.grad, *state, advance=True, work=self._scratch_flat())
+            self._update(ops, flat.data, flat.grad, *state, advance=True, work=self._flat_scratch)
             return
         last = len(self.tensors) - 1
         for i, (name, t) in enumerate(zip(self.names, self.tensors)):
             _check_grad(name, t, None)
             state = [self.state[s][name] for s in self.state_names]
             self._update(ops, t.data, t.grad, *state, advance=i == last, work=self._scratch[name])
-
-    def _scratch_flat(self):
-        if self.xp is not numpy:
-            return None
-        if "work" not in self._flat_state:
-            self._flat_state["work"] = numpy.empty_like(self.flat.data)
-        return self._flat_state["work"]
 
     def zero_grad(self) -> None:
         """Clear every parameter's ``.grad`` (``.grad = None``)."""

@@ -152,15 +152,16 @@ class Tensor:
         if not self.requires_grad:
             raise ValueError("backward() on a tensor that does not require gradients: no input of the "
                              "computation had requires_grad=True, or it ran under no_grad()")
-        xp = backend.get_array_module(self.data)
         if grad is None:
             if self.data.size != 1:
                 raise ValueError(f"backward() without a gradient needs a one-element tensor (a loss), got shape "
                                  f"{self.shape}; pass grad= (an array of that shape) or reduce it first, e.g. .sum()")
-            seed = unit_seed(self.data)
+            # A leaf keeps its gradient as .grad, which must not be the shared seed.
+            seed = unit_seed(self.data) if self.creator is not None else backend.get_array_module(
+                self.data).ones_like(self.data)
         else:
             seed = grad.data if isinstance(grad, Tensor) else grad
-            backend.get_array_module(self.data, seed)  # the same device, or DeviceError
+            xp = backend.get_array_module(self.data, seed)  # the same device, or DeviceError
             seed = xp.array(seed, dtype=self.dtype)  # a copy: .grad never aliases the caller's array
             if seed.shape != self.shape:
                 raise ValueError(f"grad has shape {seed.shape}, but the tensor has shape {self.shape}")
@@ -226,6 +227,8 @@ class Tensor:
         """The same elements in a new shape: ``t.reshape(2, -1)`` or ``t.reshape((2, -1))``."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        if not (self.requires_grad and _grad_enabled):  # nothing to record: a view, as NumPy's
+            return _new(self.data.reshape(shape))
         return _f.Reshape(shape)(self)
 
     def transpose(self, *axes) -> Tensor:
@@ -273,21 +276,24 @@ class Function:
     look at which inputs require gradients.
     """
 
-    __slots__ = ("inputs", "gy", "retained")
+    __slots__ = ("inputs", "gy", "owned", "retained")
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         self.inputs = inputs
         if _graph.recording:  # name this op if it cannot be recorded in a CUDA graph
             with _graph.recording_op(type(self).__name__):
-                out = _new(self.forward(*[x.data for x in inputs]))
+                data = self.forward(*[x.data for x in inputs])
         else:
-            out = _new(self.forward(*[x.data for x in inputs]))
+            data = self.forward(*[x.data for x in inputs])
+        out = object.__new__(Tensor)  # as _new, inlined: this runs for every operation
+        out.data, out.grad, out.requires_grad, out.creator, out._grad_slot = data, None, False, None, None
         if _grad_enabled:
             for x in inputs:
                 if x.requires_grad:
                     out.requires_grad = True
                     out.creator = self
                     self.gy = self.retained = None
+                    self.owned = False
                     break
         return out
 

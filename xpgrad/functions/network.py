@@ -81,21 +81,28 @@ class Linear(Function):
         return self.op.forward(x, W, b)
 
     def backward(self, gy):
-        out = (None, *(grad_destination(self, i) for i in range(1, len(self.inputs))))
-        grads = self.op.backward(gy, out=out)
-        return tuple(g if x.requires_grad else None for g, x in zip(grads, self.inputs))
+        inputs = self.inputs
+        out = (None, grad_destination(self, 1), grad_destination(self, 2) if len(inputs) == 3 else None)
+        grads = self.op.backward(gy, out=out[:len(inputs)])
+        return tuple(g if x.requires_grad else None for g, x in zip(grads, inputs))
 
 
 class LinearReLU(Linear):
     """``max(x @ W + b, 0)`` through :class:`xpgrad.ops.LinearReLU`: a Linear layer and its ReLU in one
     Function, so the bias and the ReLU take one pass each way (one kernel on a GPU).
-    :class:`xpgrad.nn.Sequential` uses it for a Linear followed by a ReLU."""
+    :class:`xpgrad.nn.Sequential` uses it for a Linear followed by a ReLU. When the backward pass hands it
+    a gradient of its own (``owned``), the ReLU's mask is applied in place."""
 
     __slots__ = ()
 
     def forward(self, x, W, b):
         self.op = ops.LinearReLU(needs_input_grad=self.inputs[0].requires_grad)
         return self.op.forward(x, W, b)
+
+    def backward(self, gy):
+        out = (None, grad_destination(self, 1), grad_destination(self, 2))
+        grads = self.op.backward(gy, out=out, overwrite_gy=self.owned)
+        return tuple(g if x.requires_grad else None for g, x in zip(grads, self.inputs))
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy
 
 from .. import backend, functions
@@ -75,13 +77,15 @@ class Flatten(Module):
     def forward(self, x):
         """The input with dimensions ``start_dim..end_dim`` merged."""
         x = as_tensor(x)
+        if self.start_dim == 1 and self.end_dim == -1 and x.ndim >= 2:  # the usual case, (N, ...) to (N, -1)
+            return x.reshape(x.shape[0], math.prod(x.shape[1:]))
         if x.ndim == 0:
             return x.reshape(1)
         start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
         if start > end:
             raise ValueError(f"Flatten({self.start_dim}, {self.end_dim}) on a {x.ndim}-d input: start_dim comes "
                              "after end_dim")
-        return x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+        return x.reshape(*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
 
     def __repr__(self) -> str:
         return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
@@ -106,15 +110,15 @@ class Sequential(Module):
 
     def forward(self, x):
         """The last module's output."""
-        layers, i = self.layers, 0
-        while i < len(layers):
+        layers, i, n = self.layers, 0, len(self.layers)
+        while i < n:
             m = layers[i]
-            if type(m) is Linear and m.bias is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+            i += 1
+            if i < n and type(m) is Linear and type(layers[i]) is ReLU and m.bias is not None:
                 x = functions.LinearReLU()(as_tensor(x), m.weight, m.bias)
-                i += 2
+                i += 1
             else:
                 x = m(x)
-                i += 1
         return x
 
     def __getitem__(self, i: int) -> Module:
