@@ -57,3 +57,56 @@ def test_modules_and_functions_fit_on_a_screen(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= MAX_FUNCTION_LINES, f"{_rel(path)}:{node.lineno} {node.name} has {length} lines"
+
+
+def _module_name(path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict:
+    """Module -> the xpgrad modules it imports, from every import statement in it (function bodies included)."""
+    modules = {_module_name(p): p for p in SOURCES}
+
+    def known(name):  # the module itself, or the package whose attribute it is
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(known(a.name) for a in node.names if a.name.startswith("xpgrad"))
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                if base.startswith("xpgrad"):
+                    deps.update(known(f"{base}.{a.name}") for a in node.names)
+        graph[name] = deps - {name, ""}
+    return graph
+
+
+def test_no_import_cycle_inside_xpgrad():
+    """A layer imports only the layers below it; a name needed from above is looked up when used, as DeZero
+    does (``xpgrad.tensor`` finds its operators' Functions that way)."""
+    graph = _import_graph()
+    assert "xpgrad.tensor" in graph and "xpgrad.functions" in graph["xpgrad.functions.network"] | {"xpgrad.functions"}
+    state, path = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)

@@ -13,8 +13,8 @@ The points are ``<file>:<stage>`` inside :func:`xpgrad.files.atomic_write`
 (``checkpoint.npz:opened``, ``:written``, ``:synced``, ``:replaced``, likewise
 for ``metrics.jsonl``, ``curves.png`` and downloaded files), ``epoch:trained``
 (an epoch trained, nothing written yet), ``epoch:saved`` (its checkpoint
-written, its metrics not yet) and ``download:chunk`` (a downloaded chunk
-written). Tests use it to stop a run at every instant that matters and check
+written, its metrics not yet), ``step:done`` (a training step done, mid-epoch)
+and ``download:chunk`` (a downloaded chunk written). Tests use it to stop a run at every instant that matters and check
 that what is left can be resumed.
 """
 

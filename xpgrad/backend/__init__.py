@@ -350,7 +350,16 @@ def require_cupy() -> None:
         raise DeviceError(f"CuPy is not installed; install it with {_INSTALL_HINT}")
 
 
-# The capture-safe matrix product and CUDA-graph capture (they need the names above).
-from .graph import capture_graph, cublas_gemm, gemm, matmul  # noqa: E402,F401
+_GRAPH_NAMES = ("capture_graph", "cublas_gemm", "gemm", "matmul")
+
+
+def __getattr__(name):
+    """``backend.capture_graph`` and the other names of :mod:`.graph`, which builds on this module (so it is
+    loaded on first use rather than imported here)."""
+    if name in _GRAPH_NAMES:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(f"{__name__}.graph"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

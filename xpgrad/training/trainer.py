@@ -26,7 +26,7 @@ import time
 
 import numpy
 
-from .. import backend, nn
+from .. import backend, faults, nn
 from ..checkpoint import MODEL_PREFIX, OPTIM_PREFIX, save_checkpoint
 from ..errors import CheckpointError, DivergenceError, XpgradError
 from ..graphstep import GraphStep
@@ -182,6 +182,7 @@ class Trainer:
         pending = 0
         for k in range(count):
             steps[0 if k < full else 1]()
+            faults.reached("step:done")
             pending += 1
             if pending == self.log_every or k == count - 1:
                 # The only host syncs in the epoch: once per logging interval.
