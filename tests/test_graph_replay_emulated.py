@@ -30,7 +30,7 @@ class Recorded:
         self.launches = []
         launch = kernels.RawKernelSpec.launch
         with monkeypatch.context() as patch:
-            patch.setattr(kernels.RawKernelSpec, "launch", lambda spec, *args: self.launches.append((spec, args))))
+            patch.setattr(kernels.RawKernelSpec, "launch", lambda spec, *args: self.launches.append((spec, args)))
             fn()
         self._launch = launch
 
