@@ -110,3 +110,16 @@ def test_no_import_cycle_inside_xpgrad():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_the_public_modules_are_attributes_of_the_package():
+    """``import xpgrad`` then ``xpgrad.optim`` (and the rest) work, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import xpgrad\n"
+            "names = [xpgrad.optim.Adam, xpgrad.nn.Linear, xpgrad.functional.relu, xpgrad.models.mlp, xpgrad.Tensor,\n"
+            "         xpgrad.graph_step, xpgrad.no_grad, xpgrad.manual_seed, xpgrad.ops.Matmul, xpgrad.backend.get_ops]\n"
+            "print(len(names))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "10", proc.stderr
