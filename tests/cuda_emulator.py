@@ -54,6 +54,10 @@ static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof 
 static inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, sizeof d); return d; }
 template <class A> static inline A __ldcg(const A* p) { return *p; }
 static inline void __threadfence() {}
+static inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+static inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
+static inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+static inline double __dsub_rn(double a, double b) { volatile double r = a - b; return r; }
 static inline unsigned atomicInc(unsigned* a, unsigned limit) { unsigned old = *a; *a = old >= limit ? 0 : old + 1; return old; }
 
 namespace emu {
@@ -128,8 +132,8 @@ extern "C" int emu_launch(unsigned grid, unsigned block, int reverse_threads, in
 """
 
 _C_DTYPES = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64",
-             "unsigned int": "uint32"}
-_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "double": ctypes.c_double}
+             "unsigned int": "uint32", "unsigned char": "uint8"}
+_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "double": ctypes.c_double, "float": ctypes.c_float}
 
 
 def parameters(source: str) -> list[tuple[str, str, bool]]:

@@ -172,22 +172,27 @@ def test_wrong_argument_types_are_refused(emulated):
 @pytest.mark.parametrize("dtype, label_dtype", [(np.float32, np.int32), (np.float64, np.int64)])
 def test_gather_batch_takes_the_steps_rows_and_counts_the_step(emulated, launches, rng, monkeypatch, dtype,
                                                                label_dtype):
+    """The batch's uint8 images, normalized as the run's inputs: ``x * multiplier - offset`` in the dtype."""
     monkeypatch.setattr(kernels, "MAX_BLOCKS", 3)  # blocks loop over the rows
-    x = rng.standard_normal((50, 7)).astype(dtype)
+    x = rng.integers(0, 256, size=(50, 7)).astype(np.uint8)
     t = rng.integers(0, 10, size=50).astype(label_dtype)
     order = rng.permutation(50).astype(np.int64)
     step = np.zeros((), np.int64)
+    multiplier, offset = np.dtype(dtype).type(1 / (255 * 0.35)), np.dtype(dtype).type(0.28 / 0.35)
     for rows in (16, 16, 16, 2, 0):  # batch size 16, the last batch partial, then an empty one
         first = int(step) * 16
         out_x, out_t = np.full((rows, 7), np.nan, dtype), np.full(rows, -1, label_dtype)
         want_x, want_t, want_step = np.empty_like(out_x), np.empty_like(out_t), step.copy()
-        generic.gather_batch(x, t, order, want_step, 16, want_x, want_t)
-        kernels.gather_batch(x, t, order, step, 16, out_x, out_t)
-        np.testing.assert_array_equal(out_x, x[order[first:first + rows]])
-        np.testing.assert_array_equal(out_x, want_x)
+        generic.gather_batch(x, t, order, want_step, 16, want_x, want_t, multiplier, offset)
+        kernels.gather_batch(x, t, order, step, 16, out_x, out_t, multiplier, offset)
+        expected = x[order[first:first + rows]].astype(dtype) * multiplier - offset
+        np.testing.assert_array_equal(want_x, expected)
+        np.testing.assert_array_equal(out_x, want_x)  # two roundings each, as the generic code's
         np.testing.assert_array_equal(out_t, want_t)
         assert step == want_step == first // 16 + 1
     assert launches == ["xpgrad_gather_batch"] * 5
+    with pytest.raises(TypeError, match="gather_batch reads uint8 images, got float32"):
+        kernels.gather_batch(x.astype(np.float32), t, order, step, 16, out_x, out_t, multiplier, offset)
 
 
 @pytest.mark.parametrize("N, C", [(3000, 1), (40, 100), (40, 300), (5, kernels.TILE + 1)])

@@ -273,7 +273,7 @@ def test_a_trainer_step_fills_the_flat_gradient_buffer_correctly(input_bias):
 
     config = small_config(epochs=1, hidden=(5, 4), dtype="float64", input_bias=input_bias, batch_size=7)
     trainer = Trainer(config, synthetic_dataset(n_train=7, n_test=7), progress=False)
-    x, t = trainer.x_train, trainer.t_train
+    x, t = trainer.inputs.normalize(trainer.x_train), trainer.t_train
     loss = functional.cross_entropy(trainer.model(Tensor(x)), t)
     loss.backward()
     names, tensors = trainer.parameters.names, trainer.parameters.tensors
@@ -286,6 +286,21 @@ def test_a_trainer_step_fills_the_flat_gradient_buffer_correctly(input_bias):
 
     report = gradcheck(loss_of, [p.data.copy() for p in tensors], [p.grad.copy() for p in tensors])
     assert report.ok, (names, report)
+
+
+def test_the_images_stay_uint8_and_batches_are_normalized_as_before():
+    """The device holds uint8 images; a batch is what normalizing the whole set in the run's dtype gave."""
+    data = synthetic_dataset(n_train=200, n_test=20)
+    trainer = Trainer(small_config(epochs=1, batch_size=64), data, progress=False)
+    assert trainer.x_train.dtype == np.uint8 and trainer.x_train.shape == (200, 1, 28, 28)
+    whole = data.x_train.astype(np.float32)  # the old way: the whole set, once
+    whole *= np.float32(1.0 / (255.0 * trainer.scale))
+    whole -= np.float32(trainer.shift / trainer.scale)
+    batch = trainer.batches.batch(64)
+    order = trainer.rng.permutation(200).astype(np.int64)
+    trainer.batches.begin_epoch(order)
+    batch.load()
+    assert batch.x.dtype == np.float32 and np.array_equal(batch.x[:, 0], whole[order[:64]])
 
 
 def test_standardization_matches_the_float_computation():

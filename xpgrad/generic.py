@@ -17,7 +17,7 @@ softmax_cross_entropy_*       mean ``logsumexp(x) - x[label]``, and its gradient
 sgd_update                    ``p -= lr * g``
 momentum_update               ``v = mu * v + g; p -= lr * v``
 adam_update                   Adam with bias correction (PyTorch's)
-gather_batch                  rows ``order[step * B:][:rows]`` of x and t; ``step += 1``
+gather_batch                  rows ``order[step * B:][:rows]`` of x (normalized) and t; ``step += 1``
 bias_relu_forward             ``h = max(h + b, 0)``
 bias_relu_backward            ``gx = gy * (y > 0)`` and its column sums
 bias_grad                     ``g.sum(axis=0)``
@@ -258,15 +258,18 @@ def _adam(param, grad, m, v, beta1, beta2, eps, inv_bc2, step_size, work):
 # on the host; what they compute is exactly what the separate ops compute.
 
 
-def gather_batch(x, t, order, step, batch_size, out_x, out_t):
-    """Batch number ``step`` of an epoch, then ``step += 1``: rows ``order[step * batch_size + r]`` of
-    (n, D) x and (n,) t, for ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t.
-    ``order`` is int64, ``step`` a 0-d int64."""
+def gather_batch(x, t, order, step, batch_size, out_x, out_t, multiplier, offset):
+    """Batch number ``step`` of an epoch, normalized, then ``step += 1``: rows ``order[step * batch_size + r]``
+    of (n, D) uint8 images x as ``x * multiplier - offset`` in out_x's dtype, and of (n,) labels t, for
+    ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t. ``order`` is int64, ``step`` a 0-d int64,
+    ``multiplier`` and ``offset`` scalars of out_x's dtype."""
     xp = get_array_module(x, t, order)
     first = int(step) * batch_size
     rows = order[first:first + out_t.shape[0]]
     # The rows are a permutation's, so always in range: mode="clip" spares NumPy's buffered copy (3x faster).
-    xp.take(x, rows, axis=0, out=out_x, mode="clip")
+    images = xp.take(x, rows, axis=0, mode="clip")
+    xp.multiply(images, multiplier, out=out_x, dtype=out_x.dtype)
+    xp.subtract(out_x, offset, out=out_x)
     xp.take(t, rows, axis=0, out=out_t, mode="clip")
     step += 1
 

@@ -285,12 +285,14 @@ def adam_update(param, grad, m, v, schedule, step, beta1, beta2, eps, advance=Tr
 # The training step's fused pieces (xpgrad.kernels.step)
 
 
-def gather_batch(x, t, order, step, batch_size, out_x, out_t):
-    """Batch number ``step`` of an epoch, then ``step += 1``: rows ``order[step * batch_size + r]`` of
-    (n, D) x and (n,) t, for ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t.
+def gather_batch(x, t, order, step, batch_size, out_x, out_t, multiplier, offset):
+    """Batch number ``step`` of an epoch, normalized, then ``step += 1``: rows ``order[step * batch_size + r]``
+    of (n, D) uint8 images x as ``x * multiplier - offset`` in out_x's dtype (two roundings, no fused
+    multiply-add), and of (n,) labels t, for ``r < len(out_t)``, into (rows, D) out_x and (rows,) out_t.
     ``order`` is int64, ``step`` a 0-d int64; all C-contiguous."""
-    _check_float(x, out_x)
-    _check_dtypes(x, out_x)
+    _check_float(out_x)
+    if x.dtype != numpy.uint8:
+        raise TypeError(f"gather_batch reads uint8 images, got {x.dtype}")
     _check_contiguous(x, t, order, out_x, out_t)
     if t.dtype.name not in TYPE_CHOICES["S"] or out_t.dtype != t.dtype:
         raise TypeError(f"labels must be int32 or int64, the same in and out; got {t.dtype} and {out_t.dtype}")
@@ -300,9 +302,10 @@ def gather_batch(x, t, order, step, batch_size, out_x, out_t):
     rows = out_t.shape[0]
     if out_x.shape != (rows, *x.shape[1:]):
         raise ValueError(f"out_x has shape {out_x.shape}, expected {(rows, *x.shape[1:])}")
-    st.xpgrad_gather_batch.launch(_binding(x, t), _blocks(rows), (
+    scalar = out_x.dtype.type
+    st.xpgrad_gather_batch.launch(_binding(out_x, t), _blocks(rows), (
         x, t, order, step, out_x, out_t, _ticket(), numpy.int64(math.prod(x.shape[1:])),
-        numpy.int64(batch_size), numpy.int32(rows)))
+        numpy.int64(batch_size), numpy.int32(rows), scalar(multiplier), scalar(offset)))
 
 
 def bias_relu_forward(h, b):

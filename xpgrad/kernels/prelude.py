@@ -110,6 +110,12 @@ __device__ bool xpgrad_last_block(unsigned int* ticket) {
     return last;
 }
 
+// a * b and a - b rounded once each, never fused into one multiply-add: as NumPy computes them.
+__device__ __forceinline__ float xpgrad_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double xpgrad_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float xpgrad_sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double xpgrad_sub_rn(double a, double b) { return __dsub_rn(a, b); }
+
 // step[0] = s + 1, where s is the step[0] every thread read at its start: by the last block, so only after every
 // block has read it. Every thread calls it once, at its end.
 __device__ void xpgrad_advance(long long* step, long long s, unsigned int* ticket) {

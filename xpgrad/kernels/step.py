@@ -16,17 +16,18 @@ from .prelude import raw as _raw
 # out_t, a block per row; s = step[0], then step[0] = s + 1 once every block has read it.
 xpgrad_gather_batch = _raw("xpgrad_gather_batch", r"""
 extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS)
-XPGRAD_KERNEL(const T* __restrict__ x, const S* __restrict__ t, const long long* __restrict__ order,
+XPGRAD_KERNEL(const unsigned char* __restrict__ x, const S* __restrict__ t, const long long* __restrict__ order,
               long long* __restrict__ step, T* __restrict__ out_x, S* __restrict__ out_t,
-              unsigned int* __restrict__ ticket, long long D, long long batch, int rows)
+              unsigned int* __restrict__ ticket, long long D, long long batch, int rows, T multiplier, T offset)
 {
     const long long s = step[0], first = s * batch;
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long src = order[first + r];
-        const T* from = x + src * D;
+        const unsigned char* from = x + src * D;
         T* to = out_x + (long long)r * D;
         for (long long c = threadIdx.x; c < D; c += XPGRAD_THREADS) {
-            to[c] = from[c];
+            // Two roundings, as the generic multiply and subtract: no fused multiply-add.
+            to[c] = xpgrad_sub_rn(xpgrad_mul_rn((T)from[c], multiplier), offset);
         }
         if (threadIdx.x == 0) {
             out_t[r] = t[src];

@@ -18,7 +18,7 @@ module          what it holds
 from .config import DTYPES, RECIPES, Config
 from .heads import make_head
 from .modelspec import ModelSpec
-from .inputs import normalization, to_device_inputs
+from .inputs import Inputs, normalization
 from .run import run
 from .runfolder import (
     RunFolder,
@@ -31,6 +31,6 @@ from .runfolder import (
 from .trainer import Trainer
 
 __all__ = [
-    "DTYPES", "RECIPES", "Config", "ModelSpec", "make_head", "normalization", "to_device_inputs",
+    "DTYPES", "RECIPES", "Config", "ModelSpec", "make_head", "normalization", "Inputs",
     "run", "RunFolder", "append_metrics", "plot_curves", "prepare_out_dir", "read_metrics", "write_metrics", "Trainer",
 ]

@@ -3,7 +3,8 @@
 * the epoch's batch order, drawn on the host (so CPU and GPU runs, and
   resumed runs, see the same batches) and copied in once per epoch;
 * a batch counter, which each gather reads and advances;
-* fixed buffers for each batch shape, which a recorded step reads;
+* fixed buffers for each batch shape, which a recorded step reads, filled by
+  the gather with the batch's uint8 images normalized (:mod:`.inputs`);
 * the sums of the loss and of correct predictions, which the loss head adds
   to and the host reads only at the logging interval.
 """
@@ -17,17 +18,18 @@ from ..backend import get_ops
 
 
 class Batches:
-    """Batches of ``batch_size`` rows of ``x`` (N, ...) and labels ``t`` (N,), both on ``device``."""
+    """Batches of ``batch_size`` rows of uint8 images ``x`` (N, ...) and labels ``t`` (N,), both on ``device``,
+    normalized by ``inputs`` (an :class:`.inputs.Inputs`)."""
 
-    def __init__(self, x, t, batch_size: int, device):
-        self.x, self.t, self.batch_size, self.device = x, t, batch_size, device
+    def __init__(self, x, t, batch_size: int, device, inputs):
+        self.x, self.t, self.batch_size, self.device, self.inputs = x, t, batch_size, device, inputs
         xp = device.xp
         n = x.shape[0]
         self.shuffled = batch_size < n
         with device:
             self.order = xp.zeros(n, dtype=numpy.int64) if self.shuffled else None
             self.counter = xp.zeros((), dtype=numpy.int64)
-            self.loss_sum = xp.zeros((), dtype=x.dtype)
+            self.loss_sum = xp.zeros((), dtype=inputs.dtype)
             self.correct = xp.zeros((), dtype=numpy.int64)
 
     @property
@@ -56,12 +58,13 @@ class Batch:
 
     def __init__(self, batches: Batches, rows: int):
         self.batches = batches
-        if not batches.shuffled:
-            self.x, self.t = batches.x, batches.t
+        if not batches.shuffled:  # every batch is the whole set, in order: normalized once, here
+            with batches.device:
+                self.x, self.t = batches.inputs.normalize(batches.x), batches.t
             return
         xp = batches.device.xp
         with batches.device:
-            self.x = xp.empty((rows, *batches.x.shape[1:]), dtype=batches.x.dtype)
+            self.x = xp.empty((rows, *batches.x.shape[1:]), dtype=batches.inputs.dtype)
             self.t = xp.zeros(rows, dtype=batches.t.dtype)
         self._x_rows, self._source_rows = self.x.reshape(rows, -1), batches.x.reshape(batches.x.shape[0], -1)
 
@@ -69,4 +72,5 @@ class Batch:
         """Gather the epoch's next batch into ``x`` and ``t`` on the device, advancing the counter."""
         b = self.batches
         if b.shuffled:
-            get_ops(b.device.xp).gather_batch(self._source_rows, b.t, b.order, b.counter, b.batch_size, self._x_rows, self.t)
+            get_ops(b.device.xp).gather_batch(self._source_rows, b.t, b.order, b.counter, b.batch_size, self._x_rows,
+                                              self.t, b.inputs.multiplier, b.inputs.offset)

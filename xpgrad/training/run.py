@@ -130,7 +130,7 @@ def _out_of_memory(trainer, phase: str) -> str:
     widths = (*config.hidden, trainer.dataset.num_classes)
     rows = trainer.batch_size if phase == "train" else min(10000, len(trainer.dataset.y_test))
     # Each layer's output and its gradient, and the gathered inputs.
-    activations = rows * (2 * sum(widths) + trainer.x_train.shape[1]) * itemsize
+    activations = rows * (2 * sum(widths) + math.prod(trainer.input_shape)) * itemsize
     model = trainer.parameters.data.size * itemsize * 5  # parameters, gradients, optimizer state, scratch
     if phase == "evaluate":
         return (f"out of memory evaluating epoch {epoch}: {rows} test rows at a time need about "

@@ -35,7 +35,7 @@ from ..tensor import Tensor, no_grad
 from .batches import Batches
 from .config import Config
 from .heads import make_head
-from .inputs import normalization, to_device_inputs
+from .inputs import Inputs, normalization
 from .legacy import read_legacy
 from .modelspec import ModelSpec
 
@@ -60,9 +60,10 @@ class Trainer:
         self.progress, self.log_every = progress, log_every
         self.dtype = numpy.dtype(config.dtype)
         self.shift, self.scale = normalization(config, dataset.x_train)
-        with self.device:
-            self.x_train = to_device_inputs(dataset.x_train, self.shift, self.scale, self.dtype, self.device)
-            self.x_test = to_device_inputs(dataset.x_test, self.shift, self.scale, self.dtype, self.device)
+        self.inputs = Inputs(self.shift, self.scale, self.dtype)
+        with self.device:  # the images stay uint8 there; batches are normalized as they are gathered
+            self.x_train = self.inputs.to_device(dataset.x_train, self.device)
+            self.x_test = self.inputs.to_device(dataset.x_test, self.device)
             self.t_train = backend.to_device(dataset.y_train.astype(numpy.int32), self.device)
             self.t_test = backend.to_device(dataset.y_test.astype(numpy.int32), self.device)
         self.input_shape = tuple(self.x_train.shape[1:])
@@ -77,7 +78,7 @@ class Trainer:
         except ValueError as exc:
             raise XpgradError(str(exc)) from None
         self.head = make_head(config.head, dataset.num_classes)
-        self.batches = Batches(self.x_train, self.t_train, self.batch_size, self.device)
+        self.batches = Batches(self.x_train, self.t_train, self.batch_size, self.device, self.inputs)
         # The batch order comes from its own generator (seeded apart from the
         # weights' initialization), and its state goes into checkpoints.
         self.rng = numpy.random.default_rng([config.seed, 1])
@@ -93,7 +94,7 @@ class Trainer:
                                 options=options)
         model.to(device=self.device, dtype=self.dtype)
         with self.device:
-            self.spec.check_output(model, self.x_train[:2], self.dataset.num_classes)
+            self.spec.check_output(model, self.inputs.normalize(self.x_train[:2]), self.dataset.num_classes)
         return model
 
     # -- sizes and schedule --------------------------------------------------
@@ -214,7 +215,7 @@ class Trainer:
             try:
                 for start in range(0, n, chunk):
                     x, t = self.x_test[start:start + chunk], self.t_test[start:start + chunk]
-                    self.head(model(Tensor(x)), t, stats)
+                    self.head(model(Tensor(self.inputs.normalize(x))), t, stats)
             finally:
                 model.train()
             return {"test_loss": float(stats[0]) / n, "test_accuracy": int(stats[1]) / n}
