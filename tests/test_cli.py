@@ -193,6 +193,25 @@ def test_resume_continues_the_run(trained, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
 
 
+def _recorded_threads(out) -> int:
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as ckpt:
+        return json.loads(str(ckpt["config"]))["threads"]
+
+
+def test_threads_are_the_environments_unless_given_and_recorded(trained, tmp_path):
+    """The children run with OPENBLAS_NUM_THREADS=1 (tests/cli_helpers.py): honoured, as NumPy does, and
+    recorded; a resumed run may use another count (where it runs, not what it computes)."""
+    tmp, out, _ = trained
+    assert _recorded_threads(out) == 1
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    proc = xpgrad("train", "--resume", copy / "checkpoint.npz", "--epochs", "2", "--threads", "2", "--device", "cpu",
+                  "--quiet", "--data-dir", FASHION, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _recorded_threads(copy) == 2
+    assert_user_error(xpgrad("train", "--threads", "0", tmp_path=tmp_path), "--threads", "at least 1", code=2)
+
+
 def test_resume_with_a_conflicting_option(trained):
     tmp, out, _ = trained
     proc = xpgrad("train", "--resume", out / "checkpoint.npz", "--dataset", "mnist", "--out", tmp / "x",

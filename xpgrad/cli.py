@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_hidden, default=None, metavar="W[,W...]",
                        help="hidden layer widths of the mlp, e.g. 1024,1024 (default: 100)")
     train.add_argument("--seed", type=_rule(whole_number(0), int), default=None, help="default: 0")
+    train.add_argument("--threads", type=_rule(whole_number(1), int), default=None,
+                       help="threads for the CPU's matrix products (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
+                            "if set, else every core)")
     train.add_argument("--recipe", choices=list(RECIPES), default=None,
                        help="default: a modern recipe (Adam, He init); 'notebook' reproduces the notebook")
     train.add_argument("--data-dir", type=_path, default=None, help="use only this folder for the dataset files")
@@ -286,7 +289,9 @@ def _cmd_train(args, checkpoint) -> int:
 
 def _train(args, config, checkpoint, device, folder) -> dict:
     from .training import Trainer, run  # noqa: PLC0415
+    from .training.threads import use_blas_threads  # noqa: PLC0415
 
+    config.threads = use_blas_threads(args.threads)
     dataset = _load_data(config, args.data_dir, progress=not args.quiet)
     trainer = _trainer(Trainer, config, dataset, device, progress=not args.quiet, graph=args.graph)
     if checkpoint:

@@ -102,7 +102,7 @@ RULES = {
     "batch_size": whole_number(0), "optimizer": one_of(OPTIMIZERS), "lr": positive_number,
     "dtype": one_of(DTYPES), "seed": whole_number(0), "hidden": widths, "init": one_of(INITS),
     "input_bias": _flag, "head": one_of(HEADS), "normalize": one_of(NORMALIZATIONS),
-    "schedule": one_of(SCHEDULES), "momentum": _fraction,
+    "schedule": one_of(SCHEDULES), "momentum": _fraction, "threads": whole_number(0),
 }
 
 
@@ -130,6 +130,7 @@ class Config:
     normalize: str = "standardize"
     schedule: str = "cosine"
     momentum: float = 0.9
+    threads: int = 0  # the BLAS threads the run used (0: not known); --threads sets them, a resumed run may change them
 
     @classmethod
     def from_recipe(cls, recipe: str = "default", **overrides) -> "Config":
