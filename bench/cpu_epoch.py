@@ -95,7 +95,7 @@ class TorchEpoch:
         if threads:
             torch.set_num_threads(threads)
         torch.manual_seed(0)
-        self.x = torch.from_dlpack(trainer.x_train)
+        self.x = torch.from_dlpack(trainer.inputs.normalize(trainer.x_train))
         self.t = torch.from_dlpack(trainer.t_train).long()
         self.device = self.x.device
         self.log_every = trainer.log_every

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     # The notebook's inputs are x / 255 in float64 and one-hot labels: the
     # trainer's "scale" normalization, so both see the same arrays.
-    x = trainer.x_train.reshape(trainer.n_train, -1)
+    x = trainer.inputs.normalize(trainer.x_train).reshape(trainer.n_train, -1)
     onehot = numpy.zeros((x.shape[0], dataset.num_classes))
     onehot[numpy.arange(x.shape[0]), trainer.t_train] = 1
     model = notebook.Model(rng=numpy.random.default_rng(config.seed))

@@ -65,7 +65,7 @@ def xpgrad_fixed_step(trainer):
     loss with the loss and hit sums, ``loss.backward()``, ``optimizer.step()``) on one fixed batch, rows
     0..B-1 of the training data every time, gathered through a batch order of its own."""
     b, n = trainer.batch_size, trainer.n_train
-    batches = Batches(trainer.x_train, trainer.t_train, b, trainer.device)
+    batches = Batches(trainer.x_train, trainer.t_train, b, trainer.device, trainer.inputs)
     order = numpy.arange(n, dtype=numpy.int64) % b  # every batch of this "epoch" is rows 0..b-1
     per_epoch = n // b
     step, done = trainer._step_function(batches.batch(b)), [0]

@@ -62,7 +62,7 @@ class LoopEpoch:
     trainer's data, initial weights (its ``state_dict``) and batch order."""
 
     def __init__(self, trainer: Trainer):
-        self.x, self.t = trainer.x_train, trainer.t_train
+        self.x, self.t = trainer.inputs.normalize(trainer.x_train), trainer.t_train
         self.device, self.xp = trainer.device, trainer.xp
         self.batch, self.log_every = trainer.batch_size, trainer.log_every
         d_in, hidden, d_out = math.prod(trainer.input_shape), trainer.config.hidden[0], trainer.dataset.num_classes

@@ -106,7 +106,7 @@ def setup_from(trainer) -> Setup:
         raise ValueError(f"the benchmarks mirror Sequentials of {', '.join(LAYER_KINDS)} only, got {layers}")
     opt = trainer.optimizer
     return Setup(
-        x=trainer.x_train, t=trainer.t_train, layers=layers, params=host_state(trainer.model),
+        x=trainer.inputs.normalize(trainer.x_train), t=trainer.t_train, layers=layers, params=host_state(trainer.model),
         batch=trainer.batch_size, seed=trainer.config.seed, optimizer=trainer.config.optimizer,
         lr_table=numpy.array([opt.lr_at(s) for s in range(opt.schedule.steps + 1)]),
         log_every=trainer.log_every, on_gpu=trainer.device.is_gpu)

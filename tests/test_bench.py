@@ -275,7 +275,8 @@ def test_the_fixed_step_is_the_trainers_step_on_one_batch():
     trainer = small_trainer(300, optimizer="sgd", lr=0.01, schedule="constant")
     b = trainer.batch_size
     with no_grad():
-        expected = functional.cross_entropy(trainer.model(Tensor(trainer.x_train[:b])), trainer.t_train[:b])
+        expected = functional.cross_entropy(trainer.model(Tensor(trainer.inputs.normalize(trainer.x_train[:b]))),
+                                            trainer.t_train[:b])
     loss_sum, _ = trainer.batches.stats
     step = steps.xpgrad_fixed_step(trainer)
     step()
@@ -295,7 +296,7 @@ def test_pytorch_mirrors_the_xpgrad_model_by_name():
     assert list(model.state_dict()) == list(setup.params)
     back = torch_variants.xpgrad_layout(model)
     assert all(np.array_equal(back[k], v) for k, v in setup.params.items())
-    x = trainer.x_train[:8]
+    x = trainer.inputs.normalize(trainer.x_train[:8])
     with no_grad():
         ours = trainer.model(Tensor(x)).data
     np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), ours, rtol=1e-5, atol=1e-5)
