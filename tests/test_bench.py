@@ -2,7 +2,9 @@
 and every implementation's training step against xpgrad's (no timing is asserted here)."""
 
 import argparse
+import collections
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -168,6 +170,76 @@ label="graph_1" graph[style="dashed"];
 }"""
     counted = steps.count_nodes(dot)
     assert counted["kernels"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEMSET": 1}
+    assert counted["nodes"] == [["KERNEL", "xpgrad_relu_bwd"], ["MEMSET", ""], ["KERNEL", "sgemm"]]
+    assert counted["by_owner"] == {"xpgrad": 1, "cublas": 1, "cublas_reduce": 0, "cupy": 0, "other": 0}
+
+
+def test_the_nodes_of_a_real_graph_dump_are_read_with_their_names():
+    """The head of the default step's graph as the H200 recorded it (turn 2): its nodes in the verbose format
+    of CUDA 13 (the dump is cut inside the fourth node, which is not counted)."""
+    recorded = json.loads((ROOT / "bench/results/gpu-h200-2026-11-27-graph/results.json").read_text())
+    counted = steps.count_nodes(recorded["gpu_epoch"]["launches"]["fused (graph nodes)"]["dot_head"])
+    assert counted["nodes"] == [["KERNEL", "cupy_take"], ["KERNEL", "cupy_take"], ["MEM_ALLOC", ""]]
+    assert counted["by_owner"]["cupy"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEM_ALLOC": 1}
+    assert "2 kernel nodes (2 cupy); other nodes: MEM_ALLOC 1" in steps.describe_nodes(counted)
+
+
+@pytest.mark.parametrize("name, owner", [
+    ("xpgrad_softmax_xent_step_float32_int32", "xpgrad"), ("cupy_add", "cupy"), ("cupy_sum", "cupy"),
+    ("_ZN7cutlass7Kernel2I42cutlass_80_simt_sgemm_128x32_8x5_nn_align1EEvNT_6ParamsE", "cublas"),
+    ("_Z20splitKreduce_kernelILi32ELi16EiffffLb1ELb0ELb0EEv18cublasSplitKParamsIT4_EPKT2_S5_PS2_PKS3_S8_",
+     "cublas_reduce"),
+    ("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "cublas"), ("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n", "cublas"),
+    ("some_other_kernel", "other")])
+def test_kernels_are_put_down_to_their_owners(name, owner):
+    assert steps.kernel_owner(name) == owner
+
+
+def test_the_cpu_launch_count_speaks_the_same_words():
+    """tests/launch_count.py's names of the default step: 5 xpgrad kernels, 5 cuBLAS gemms, 2 CuPy kernels."""
+    from .test_graphstep import DEFAULT_STEP
+
+    owners = collections.Counter(steps.kernel_owner(name) for name in DEFAULT_STEP)
+    assert owners == {"xpgrad": 5, "cublas": 5, "cupy": 2}
+    assert steps.xpgrad_kernel("xpgrad_gather_batch_float32_int64") == "xpgrad_gather_batch"
+
+
+class RecordingTrainer:
+    """What compare_gemm_settings needs of a Trainer, with a graph that says which environment it was made in."""
+
+    batch_size, n_train = 2, 4
+
+    def __init__(self, fail=False):
+        self.seen = dict(os.environ)
+        self.calls, self.fail = [], fail
+        self.batches = type("B", (), {"begin_epoch": lambda self, order: None})()
+        self.device = type("D", (), {"synchronize": lambda self: None})()
+
+    def _training_steps(self):
+        return [lambda: self.calls.append(1)]
+
+    def captured_graphs(self):
+        if self.fail:
+            return []
+        kernel = "splitKreduce_kernel" if "XPGRAD_CUBLAS_WORKSPACE" not in self.seen else "sgemm"
+        dot = f'"n0"[shape="record" label="{{KERNEL\\n| {{ID | 0 | {kernel}}}}}"];'
+        return [type("G", (), {"debug_dot_str": lambda self, flags: dot})()]
+
+
+def test_the_gemm_settings_are_recorded_each_in_its_environment(monkeypatch, capsys):
+    monkeypatch.delenv("XPGRAD_CUBLAS_WORKSPACE", raising=False)
+    notes = []
+    out = steps.compare_gemm_settings(RecordingTrainer, 1, notes)
+    assert list(out) == list(steps.GEMM_SETTINGS) and notes == []
+    assert out["default"]["nodes"]["by_owner"]["cublas_reduce"] == 1
+    assert out["workspace 16 KiB"]["nodes"]["by_owner"] == {**dict.fromkeys(steps.OWNERS, 0), "cublas": 1}
+    assert "XPGRAD_CUBLAS_WORKSPACE" not in os.environ and "XPGRAD_GEMM_ALGO" not in os.environ
+    gpu_epoch.report_gemm_settings(json.loads(json.dumps(out)))  # as the GPU run prints it
+    printed = capsys.readouterr().out
+    assert "| workspace 16 KiB | XPGRAD_CUBLAS_WORKSPACE=16384 | 1 | cublas 1 | none |" in printed
+    assert "note: graph nodes, default: 1 kernel nodes (1 cublas_reduce)" in printed
+    out = steps.compare_gemm_settings(lambda: RecordingTrainer(fail=True), 1, notes)
+    assert out == {} and len(notes) == len(steps.GEMM_SETTINGS) and "recorded no graph" in notes[0]
 
 
 # ---------------------------------------------------------------------------
