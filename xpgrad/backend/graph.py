@@ -171,8 +171,9 @@ def gemm_algorithm(compute_capability: int) -> int:
     (99) from compute capability 8.0 on and the default (-1) before.
 
     With the plain float32/float64 compute types cuBLAS still computes in
-    full precision (no TF32) either way. cuBLAS's documentation says the
-    explicit algorithms (0-23, 100-115) have no effect from Ampere on.
+    full precision (no TF32) either way. cuBLAS's documentation of
+    cublasGemmAlgo_t notes that the explicit algorithms (0-23, 100-115)
+    have no effect from Ampere on; bench.steps records one to see.
     """
     algo = _env_int(ALGO_ENV)
     if algo is not None:

@@ -19,8 +19,8 @@ from .specs import RawKernelSpec, register
 PRELUDE = r"""
 // For the forward row kernels: ask for registers enough for three quarters of an SM of threads (6 blocks, 40
 // registers) in float32 and half of one (4 blocks, 64 registers) in float64; the more blocks, the more loads in
-// flight. A full SM (8 blocks, 32 registers) spilled log-softmax in float32 (NVRTC 12.9, sm_90), and a kernel
-// that spills is slower than one with fewer blocks: tests/test_kernels_compile.py fails on any spill.
+// flight. A full SM (8 blocks, 32 registers) spilled log-softmax in float32 (NVRTC 12.9, sm_90); what the fewer
+// blocks cost is not measured yet. tests/test_kernels_compile.py fails on any spill.
 #define XPGRAD_MIN_BLOCKS (sizeof(T) == 4 ? 6 : 4)
 
 __device__ __forceinline__ float xpgrad_nan(float) { return __int_as_float(0x7fc00000); }
