@@ -195,7 +195,8 @@ def workspace_bytes(compute_capability: int) -> int:
 def _workspace(device_id: int) -> tuple[int, int]:
     """(address, bytes) of the cuBLAS workspace on the current device ``device_id``, allocated on first use.
 
-    The warm-up before a recording allocates it, so a recording never does.
+    :func:`capture_graph` makes sure of it before it records, so a recording
+    never allocates it.
     One workspace serves every stream of the device, which is safe while the
     products that use it run in order: xpgrad runs its steps, and replays
     them, on one stream at a time.
@@ -272,6 +273,7 @@ def capture_graph(fn, stream, keep=None):
     require_cupy()
     lib = _libcublas()
     handle = cupy.cuda.device.get_cublas_handle()
+    _workspace(cupy.cuda.Device().id)  # now, should the warm-up not have made a product through cublas_gemm
     mode = ctypes.c_int()
     _cublas_check(lib.cublasGetPointerMode_v2(handle, ctypes.byref(mode)), "cublasGetPointerMode")
     allocate = cupy.cuda.get_allocator()
