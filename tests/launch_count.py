@@ -65,6 +65,7 @@ def launches_of_one_step(monkeypatch, trainer) -> list[str]:
     log = Counted.log = []
     store = trainer.parameters
     store._place(store.data.view(Counted), store.grad.view(Counted))
+    trainer.optimizer._flat_data = store.data  # the same buffer, seen through a counting view
     monkeypatch.setattr(backend, "get_ops", lambda xp: kernels)
     monkeypatch.setattr(backend, "cupy", np)  # the kernels' own scratch arrays, on the host
     monkeypatch.setattr(backend, "device_of", lambda a: backend.CPU)
