@@ -27,6 +27,8 @@ torch = pytest.importorskip("torch", reason="the gradient oracle needs PyTorch (
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+# Means over nothing (an empty axis, a batch of no rows) are NaN, as in NumPy and PyTorch, and NumPy warns.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 PACKAGE = pathlib.Path(xpgrad.__file__).resolve().parent
 SETTINGS = settings(max_examples=250, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
