@@ -100,6 +100,9 @@ def _break(folder, how):
         (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(0, np.uint8))))
     elif how == "labels as images":
         shutil.copy(folder / "train-labels-idx1-ubyte.gz", folder / "train-images-idx3-ubyte.gz")
+    elif how == "a header of no images, each 2^32-1 pixels square":
+        header = b"".join(n.to_bytes(4, "big") for n in (0x0803, 0, 2**32 - 1, 2**32 - 1))
+        (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
     elif how == "cut short":
         blob = (folder / "train-images-idx3-ubyte.gz").read_bytes()
         (folder / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
@@ -115,6 +118,7 @@ BROKEN = {
     "no images": "holds no images",
     "labels as images": "holds labels where images are expected",
     "cut short": "corrupt gzip data",
+    "a header of no images, each 2^32-1 pixels square": "its header says 0 images of 4294967295x4294967295 pixels",
 }
 
 

@@ -89,3 +89,48 @@ def test_explicit_kind_and_count_override_the_name(tmp_path):
         data.read_idx(path, count=60000)
     with pytest.raises(DataError, match="holds labels where images"):
         data.read_idx(path, kind="images")
+
+
+# ---------------------------------------------------------------------------
+# Header arithmetic, checked before anything is allocated (issue 20, class E)
+
+BIG = 2**32 - 1  # the largest count an IDX header can hold
+
+
+def image_header(count, rows, cols):
+    return b"".join(n.to_bytes(4, "big") for n in (0x0803, count, rows, cols))
+
+
+@pytest.mark.parametrize("dims, words", [
+    ((0, BIG, BIG), "0 images of 4294967295x4294967295 pixels, 18446744065119617025 bytes each"),
+    ((1, BIG, BIG), "1 images of 4294967295x4294967295 pixels, 18446744065119617025 bytes each"),
+    ((BIG, BIG, BIG), "bytes each"),
+    ((5, BIG, 2**31 + 1), "9223372039002259455 bytes each"),
+    ((BIG, 2**31, 2**31), "19807040623954398379958599680 bytes in all"),
+    ((2**31, 2**16, 2**16), "9223372036854775808 bytes in all"),
+], ids=["none of 2^32-1 squared", "one", "2^32-1 cubed", "each too big", "all too big", "one past the limit"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_header_whose_sizes_no_array_can_hold_is_one_line_before_any_allocation(tmp_path, dims, words, compressed):
+    """The issue's case (0 images of 4294967295 x 4294967295 pixels gave a 26-line traceback from NumPy) and
+    others like it: whatever the count, the products are checked first, in Python's unbounded integers."""
+    import tracemalloc
+
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(gz(image_header(*dims)) if compressed else image_header(*dims))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            data.read_idx(path, kind="images", image_shape=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert words in message and "more than an array can hold (9223372036854775807 bytes)" in message
+    assert str(path) in message and "\n" not in message
+    assert peak < 4 << 20  # the file's few bytes and the reader's buffers, nothing of the header's size
+
+
+def test_a_header_of_no_images_that_an_array_can_hold_reads_as_an_empty_array(tmp_path):
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(image_header(0, BIG, 3))
+    assert data.read_idx(path, kind="images", image_shape=None).shape == (0, BIG, 3)

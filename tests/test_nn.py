@@ -90,7 +90,7 @@ def test_parameters_zero_grad_and_sharing():
     params = list(model.parameters())
     assert len(params) == 3  # the shared layer once
     assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "3.weight"]
-    functional.cross_entropy(model(np.ones((4, 3))), np.array([0, 1, 1, 0])).backward()
+    functional.cross_entropy(model(np.ones((4, 3), np.float32)), np.array([0, 1, 1, 0])).backward()
     assert all(p.grad is not None for p in params)
     model.zero_grad()
     assert all(p.grad is None for p in params)

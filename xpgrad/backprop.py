@@ -15,6 +15,10 @@ parameter made flat by :func:`xpgrad.nn.flatten_parameters` receives its
 gradient in its view of the flat gradient buffer, written there directly by
 the Function that computes it when it can (:func:`grad_destination`), and
 added to in place when gradients accumulate.
+
+A node that saved its inputs for its backward records the clock of in-place
+updates (:func:`bump_versions`) when it is made; its backward refuses to run
+if an input was updated after that, in PyTorch's words.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ import numpy
 from . import backend
 from .backend import get_array_module
 from .backend import graph as _graph
+
+ticks = 0  # in-place updates so far, of all tensors together: the clock a node's ``tick`` is read from
+
+
+def bump_versions(tensors) -> None:
+    """Count an in-place update of each tensor's data (the optimizers' and ``Module.load_state_dict``'s): its
+    version counter (``[updates, tick of the last]``, shared with its views) moves to a new tick."""
+    global ticks
+    ticks += 1
+    for t in tensors:
+        c = t._counter
+        if c is None:
+            t._counter = [1, ticks]
+        else:
+            c[0] += 1
+            c[1] = ticks
+
 
 _unit_seeds = {}
 _unit_ids = set()  # id() of every seed, for is_unit's one set lookup
@@ -158,9 +179,23 @@ def _run_node(node, pending: dict, ready: list) -> None:
         if kept is not None:
             accumulate(kept, gy)
             node.owned = False  # .grad now holds gy itself
-    grads = node.backward(gy) if gy is not None else (None,) * len(node.inputs)
-    for x, gx in zip(node.inputs, grads):
+    inputs = node.inputs
+    recorded = node.tick  # the clock of in-place updates when the node was recorded (None: it saved no input)
+    if recorded is not None and recorded != ticks:  # an update since: was it one of the inputs?
+        for x in inputs:
+            if x._counter is not None and x._counter[1] > recorded:
+                raise RuntimeError(_modified(node, x))
+    grads = node.backward(gy) if gy is not None else (None,) * len(inputs)
+    if len(grads) != len(inputs):
+        raise RuntimeError(f"{type(node).__name__}.backward returned {len(grads)} gradients for {len(inputs)} inputs")
+    for x, gx in zip(inputs, grads):
         producer = x.creator
+        if gx is not None:
+            # One tuple compare per gradient (and a dtype identity test; NumPy's dtypes are singletons): a
+            # Function that gets a shape wrong is caught here, not by a wrong update later.
+            data = x.data
+            if gx.shape != data.shape or (gx.dtype is not data.dtype and gx.dtype != data.dtype):
+                raise RuntimeError(_invalid_gradient(node, next(i for i, g in enumerate(grads) if g is gx), x, gx))
         if producer is None:
             if gx is not None and x.requires_grad:
                 accumulate(x, gx)
@@ -170,3 +205,18 @@ def _run_node(node, pending: dict, ready: list) -> None:
         pending[producer] -= 1
         if pending[producer] == 0:
             ready.append(producer)
+
+
+def _modified(node, x) -> str:
+    """PyTorch's words for a saved input changed in place between the forward and the backward pass."""
+    i = next(i for i, y in enumerate(node.inputs) if y is x)
+    return (f"one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"input {i} of {type(node).__name__} (a {x.dtype} Tensor of shape {tuple(x.shape)}) is at version "
+            f"{x._counter[0]}, updated after this graph was recorded (by an optimizer step or load_state_dict); "
+            "run the forward pass again after the update")
+
+
+def _invalid_gradient(node, i: int, x, gx) -> str:
+    """PyTorch's words for a Function whose backward returned a gradient unlike its input."""
+    return (f"Function {type(node).__name__} returned an invalid gradient at index {i} - got {gx.dtype} "
+            f"{tuple(gx.shape)} but expected {x.dtype} {tuple(x.shape)}, the input's dtype and shape")

@@ -25,11 +25,13 @@ nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy
 
 from . import backend
 from .backend import get_array_module, get_ops
+from .backprop import bump_versions
 from .nn import flat as _flat
 from .tensor import Tensor
 
@@ -82,10 +84,13 @@ class Optimizer:
 
     def __init__(self, params, lr: float, schedule: Schedule | None = None):
         self.names, self.tensors = _named_parameters(params)
-        _check_number("learning rate", lr, low=0.0)
+        _check_number("learning rate", lr, "lr must be a number >= 0", low=0.0)
         self.schedule = ConstantSchedule() if schedule is None else schedule
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"schedule must be an xpgrad.optim.Schedule, got {type(schedule).__name__}")
+        steps = self.schedule.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"{type(self.schedule).__name__}.steps must be a whole number >= 0, got {steps!r:.40}")
         first = self.tensors[0].data
         self.device, self.xp = backend.device_of(first), get_array_module(first)
         for name, t in zip(self.names, self.tensors):
@@ -94,7 +99,8 @@ class Optimizer:
                                  f"{self.names[0]} on {self.device}")
         self.flat = _flat_store(self.tensors)
         self._flat_data = None if self.flat is None else self.flat.data
-        table = [float(lr)] + [float(self.schedule.factor(s)) for s in range(self.schedule.steps + 1)]
+        self._layout = [(t.shape, t.dtype) for t in self.tensors]  # what step() expects of each parameter
+        table = [float(lr)] + _factors(self.schedule)
         with self.device:
             self._table = self.xp.asarray(numpy.array(table, dtype=numpy.float64))
             self._step = self.xp.zeros((), dtype=numpy.int64)
@@ -125,7 +131,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        _check_number("learning rate", value, low=0.0)
+        _check_number("learning rate", value, "lr must be a number >= 0", low=0.0)
         self._lr = float(value)
         backend.copy_from_host(self._table[:1], numpy.array([self._lr]))
 
@@ -141,7 +147,8 @@ class Optimizer:
     # -- updating -------------------------------------------------------------
 
     def step(self) -> None:
-        """Apply one update from the parameters' ``.grad``, and count it."""
+        """Apply one update from the parameters' ``.grad``, count it, and bump each parameter's version (so a
+        graph recorded before it refuses a second backward pass, as PyTorch's)."""
         ops = get_ops(self.xp)
         flat = self.flat
         if flat is not None:
@@ -155,15 +162,20 @@ class Optimizer:
                     _check_grad(self.names[self.tensors.index(t)], t, t._grad_slot)
             state = [self._flat_state[s] for s in self.state_names]
             self._update(ops, flat.data, flat.grad, *state, advance=True, work=self._flat_scratch)
-            return
-        last = len(self.tensors) - 1
-        for i, (name, t) in enumerate(zip(self.names, self.tensors)):
-            _check_grad(name, t, None)
-            if backend.device_of(t.data) != self.device:
-                raise ValueError(f"parameter {name} moved to {t.device} after the optimizer was made on "
-                                 f"{self.device}; make the optimizer after model.to(...)")
-            state = [self.state[s][name] for s in self.state_names]
-            self._update(ops, t.data, t.grad, *state, advance=i == last, work=self._scratch[name])
+        else:
+            for name, t, layout in zip(self.names, self.tensors, self._layout):
+                if (t.shape, t.dtype) != layout:
+                    raise ValueError(f"parameter {name} is now {t.dtype} {t.shape}, but was {layout[1]} {layout[0]} "
+                                     "when the optimizer was made; make a new optimizer for it")
+                if backend.device_of(t.data) != self.device:
+                    raise ValueError(f"parameter {name} moved to {t.device} after the optimizer was made on "
+                                     f"{self.device}; make the optimizer after model.to(...)")
+                _check_grad(name, t, None)
+            last = len(self.tensors) - 1
+            for i, (name, t) in enumerate(zip(self.names, self.tensors)):
+                state = [self.state[s][name] for s in self.state_names]
+                self._update(ops, t.data, t.grad, *state, advance=i == last, work=self._scratch[name])
+        bump_versions(self.tensors)
 
     def zero_grad(self) -> None:
         """Clear every parameter's ``.grad`` (``.grad = None``)."""
@@ -186,22 +198,34 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`'s arrays (names and shapes must match; ``lr`` is optional)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict takes a mapping of names to arrays (as state_dict() returns), "
+                            f"got {type(state).__name__}")
         expected = {f"{s}/{name}": a for s, arrays in self.state.items() for name, a in arrays.items()}
         missing = [k for k in ("step_count", *expected) if k not in state]
         unexpected = [k for k in state if k not in ("step_count", "lr", *expected)]
         if missing or unexpected:
             raise ValueError(f"the optimizer state does not match: missing {missing}, unexpected {unexpected}")
         for key, a in expected.items():
-            if tuple(state[key].shape) != tuple(a.shape):
-                raise ValueError(f"optimizer state {key} has shape {tuple(state[key].shape)}, expected {a.shape}")
-        count = int(state["step_count"])
-        if count < 0:
-            raise ValueError(f"the optimizer's step count is negative: {count}")
+            got = state[key]
+            if not (isinstance(got, numpy.ndarray) or backend.is_cupy_array(got)) or got.dtype.kind not in "biuf":
+                raise TypeError(f"optimizer state {key} must be an array of numbers, got {type(got).__name__}")
+            if tuple(got.shape) != tuple(a.shape):
+                raise ValueError(f"optimizer state {key} has shape {tuple(got.shape)}, expected {a.shape}")
+        count = numpy.asarray(backend.to_numpy(state["step_count"]))
+        if count.shape != () or count.dtype.kind not in "iu":
+            raise TypeError(f"the optimizer's step_count must be one whole number, got {count.dtype} {count.shape}")
+        if int(count) < 0:
+            raise ValueError(f"the optimizer's step count is negative: {int(count)}")
+        lr = state.get("lr")
+        if lr is not None:
+            lr = backend.to_numpy(lr).item() if getattr(lr, "shape", None) == () else lr  # a saved 0-d array
+            _check_number("learning rate", lr, "lr must be a number >= 0", low=0.0)
         for key, a in expected.items():
             backend.copy_into(a, state[key])
-        backend.copy_from_host(self._step, numpy.asarray(count))
-        if "lr" in state:
-            self.lr = float(state["lr"])
+        backend.copy_from_host(self._step, numpy.asarray(int(count)))
+        if lr is not None:
+            self.lr = lr
 
 
 def _named_parameters(params) -> tuple[list, list]:
@@ -215,8 +239,9 @@ def _named_parameters(params) -> tuple[list, list]:
     names, tensors = [], []
     for i, item in enumerate(items):
         name, t = item if isinstance(item, tuple) and len(item) == 2 else (str(i), item)
-        if not isinstance(t, Tensor) or not t.requires_grad or not t.is_leaf:
-            raise TypeError(f"parameter {name} must be a leaf Tensor with requires_grad=True, got {t!r:.80}")
+        if not isinstance(t, Tensor) or not t.requires_grad or not t.is_leaf or t.dtype.kind != "f":
+            raise TypeError(f"parameter {name} must be a leaf Tensor with requires_grad=True and floating-point "
+                            f"data, got {t!r:.80}")
         names.append(str(name))
         tensors.append(t)
     if len(set(map(id, tensors))) != len(tensors):
@@ -234,22 +259,46 @@ def _flat_store(tensors) -> _flat.FlatParameters | None:
     return None
 
 
+def _factors(schedule: Schedule) -> list:
+    """The schedule's ``steps + 1`` factors, each a finite number, or a ValueError naming the first that is not."""
+    factors = []
+    for step in range(schedule.steps + 1):
+        f = schedule.factor(step)
+        try:
+            factors.append(float(f))
+        except (TypeError, ValueError):
+            factors.append(math.nan)
+        if not math.isfinite(factors[-1]):
+            raise ValueError(f"{type(schedule).__name__}.factor({step}) must be a finite number, got {f!r:.40}")
+    return factors
+
+
 def _check_grad(name: str, t: Tensor, slot) -> None:
-    if t.grad is None:
+    """``t.grad`` is an array of the parameter's shape, dtype and device; one set by hand is copied into the
+    flat gradient buffer's ``slot`` (which the flat update reads)."""
+    g = t.grad
+    if g is None:
         raise ValueError(f"parameter {name} (shape {t.shape}) has no gradient; call loss.backward() "
                          "before step(), or leave that parameter out of the optimizer")
-    if slot is not None and t.grad is not slot:  # set by hand: the flat update reads the slot
-        backend.copy_into(slot, t.grad)
+    if not (isinstance(g, numpy.ndarray) or backend.is_cupy_array(g)):
+        raise TypeError(f"parameter {name}'s .grad must be an array like its data, got {type(g).__name__}")
+    if g.shape != t.shape:
+        raise ValueError(f"parameter {name}'s gradient has shape {g.shape}, the parameter {t.shape}")
+    if g.dtype != t.dtype:
+        raise TypeError(f"parameter {name}'s gradient is {g.dtype}, the parameter {t.dtype}; they must match")
+    get_array_module(t.data, g)  # on the parameter's device, or DeviceError
+    if slot is not None and g is not slot:  # set by hand: the flat update reads the slot
+        backend.copy_into(slot, g)
         t.grad = slot
-    elif t.grad.shape != t.shape:
-        raise ValueError(f"parameter {name}'s gradient has shape {t.grad.shape}, the parameter {t.shape}")
 
 
-def _check_number(what: str, value, low: float, high: float | None = None) -> None:
-    """PyTorch's rule and words: ``Invalid learning rate: -1``."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, numpy.floating, numpy.integer))
-    if not ok or not math.isfinite(value) or value < low or (high is not None and value >= high):
-        raise ValueError(f"Invalid {what}: {value!r}")
+def _check_number(what: str, value, rule: str, low: float, high: float | None = None) -> None:
+    """PyTorch's rule and words (``Invalid learning rate: -1``), and ours after them: TypeError for what is
+    not a number, ValueError for one out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, numpy.floating, numpy.integer)):
+        raise TypeError(f"Invalid {what}: {value!r:.40} ({rule}, got {type(value).__name__})")
+    if not math.isfinite(value) or value < low or (high is not None and value >= high):
+        raise ValueError(f"Invalid {what}: {value!r} ({rule})")
 
 
 class SGD(Optimizer):
@@ -260,12 +309,13 @@ class SGD(Optimizer):
 
 
 class MomentumSGD(Optimizer):
-    """SGD with (heavy-ball) momentum: ``v = momentum * v + g; p -= lr * v``."""
+    """SGD with (heavy-ball) momentum: ``v = momentum * v + g; p -= lr * v``. ``momentum`` is in [0, 1)
+    (PyTorch takes any value >= 0; from 1 on the velocity never decays)."""
 
     state_names = ("velocity",)
 
     def __init__(self, params, lr, momentum=0.9, schedule=None):
-        _check_number("momentum value", momentum, low=0.0, high=1.0)
+        _check_number("momentum value", momentum, "momentum must be in [0, 1)", low=0.0, high=1.0)
         self.momentum = float(momentum)
         super().__init__(params, lr, schedule)
 
@@ -279,9 +329,9 @@ class Adam(Optimizer):
     state_names = ("m", "v")
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None):
-        _check_number("epsilon value", eps, low=0.0)
+        _check_number("epsilon value", eps, "eps must be a number >= 0", low=0.0)
         for i, beta in enumerate((beta1, beta2)):
-            _check_number(f"beta parameter at index {i}", beta, low=0.0, high=1.0)
+            _check_number(f"beta parameter at index {i}", beta, f"beta{i + 1} must be in [0, 1)", 0.0, high=1.0)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         super().__init__(params, lr, schedule)
 

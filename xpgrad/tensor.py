@@ -10,11 +10,16 @@ The Function classes are in :mod:`xpgrad.functions`.
 A training step is a few dozen operations on small arrays, so bookkeeping is
 kept lean: ``__slots__`` everywhere, and nothing is recorded under
 :func:`no_grad` or when no input needs a gradient (data, labels, frozen weights).
+
+Grad mode (:func:`no_grad`, in :mod:`xpgrad.grad_mode`) is per thread, as PyTorch's.
+In-place updates are counted, as PyTorch's ``_version``: an optimizer step (or
+``Module.load_state_dict``) bumps each parameter it writes, a view shares the
+counter of what it views, and a node refuses to run its backward if an input
+it saved has a newer version than at its forward pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import numbers
 import weakref
@@ -22,63 +27,61 @@ import weakref
 import numpy
 
 from . import backend
+from . import backprop as _backprop
+from . import grad_mode as _mode
 from .backend import graph as _graph
 from .backprop import accumulate, run_backward, unit_seed
-
-_grad_enabled = True  # read on every operation: a module global is the cheapest lookup
-
-
-@contextlib.contextmanager
-def no_grad():
-    """``with no_grad(): ...`` runs the block without recording a graph (also usable as a decorator).
-
-    Inside it, results have ``requires_grad=False`` and keep nothing alive for
-    a backward pass: use it for evaluation and for updates made by hand. The
-    switch is process-wide (not per thread).
-    """
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-def is_grad_enabled() -> bool:
-    """Whether operations are being recorded (False inside :func:`no_grad`)."""
-    return _grad_enabled
-
+from .grad_mode import is_grad_enabled, no_grad  # noqa: F401 (xpgrad.no_grad, and where callers found them)
 
 class Tensor:
     """An array (NumPy or CuPy) that records how it was computed, so gradients can flow back.
 
     ``Tensor(data, requires_grad=False)``: ``data`` is a NumPy or CuPy array
-    and is kept as is (not copied); anything else array-like becomes a NumPy
-    array. A leaf made with ``requires_grad=True`` (a parameter) receives its
-    gradient in ``.grad`` after ``backward``: an array of the data's module,
-    shape and dtype, or None before any backward pass.
+    and is kept as is (not copied); anything else array-like (a number, a
+    nested list) becomes a NumPy array: bool, integer or floating-point data,
+    and only floating-point data may require gradients. A leaf made with
+    ``requires_grad=True`` (a parameter) receives its gradient in ``.grad``
+    after ``backward``, an array like its data, or None before any.
 
     Operators ``+ - * / @``, unary ``-`` and ``** number`` broadcast as NumPy
     does, with a Python number or an array allowed on either side.
+    ``bool(t)`` is NumPy's: the truth of a one-element tensor, else ValueError.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "_grad_slot", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "creator", "_grad_slot", "_counter", "__weakref__")
     # NumPy defers to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad: bool = False):
+        if requires_grad is not False and requires_grad is not True and not isinstance(requires_grad, numpy.bool_):
+            raise TypeError(f"Tensor(requires_grad=...) takes True or False, got {requires_grad!r:.40}")
+        counter = None
         if isinstance(data, Tensor):
-            data = data.data
+            counter, data = data._shared_counter(), data.data  # the same data: the same versions
         elif not (isinstance(data, numpy.ndarray) or backend.is_cupy_array(data)):
-            data = numpy.asarray(data)
-        if requires_grad and data.dtype.kind != "f":
-            raise TypeError(f"only floating-point tensors can require gradients, got {data.dtype} data; "
-                            "convert it first, e.g. with .astype('float32')")
+            data = _as_array(data)
+        if data.dtype.kind not in "biuf" or (requires_grad and data.dtype.kind != "f"):
+            raise TypeError(("only floating-point tensors can require gradients" if requires_grad else "a Tensor "
+                             "holds bool, integer or floating-point data") + f", got {data.dtype} data; convert "
+                            "it first, e.g. with .astype('float32')")
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self.creator = None
         self._grad_slot = None  # this parameter's view of a flat gradient buffer (xpgrad.nn.flatten_parameters)
+        self._counter = counter
+
+    # -- versions of the data: [updates, tick of the last], shared with views, made on first need ----
+
+    @property
+    def _version(self) -> int:
+        """How many in-place updates the data has seen (PyTorch's name)."""
+        return 0 if self._counter is None else self._counter[0]
+
+    def _shared_counter(self) -> list:
+        if self._counter is None:
+            self._counter = [0, 0]
+        return self._counter
 
     # -- what it is ---------------------------------------------------------
 
@@ -115,6 +118,13 @@ class Tensor:
     def __len__(self) -> int:
         return len(self.data)
 
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of {self.data.size} elements (shape {self.shape}) is "
+                             "ambiguous; use .data.any() or .data.all()")
+        _graph.refuse_while_recording("bool(Tensor) reads a value on the host")
+        return bool(self.data)
+
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"Tensor({self.data!r}{grad})"
@@ -130,8 +140,8 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def detach(self) -> Tensor:
-        """A new leaf sharing this data, outside any graph."""
-        return _new(self.data)
+        """A new leaf sharing this data (and its version counter), outside any graph."""
+        return _view_of(self, self.data)
 
     def retain_grad(self) -> None:
         """Keep this (computed) tensor's gradient in ``.grad`` after backward, as leaves do."""
@@ -227,8 +237,11 @@ class Tensor:
         """The same elements in a new shape: ``t.reshape(2, -1)`` or ``t.reshape((2, -1))``."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        if not (self.requires_grad and _grad_enabled):  # nothing to record: a view, as NumPy's
-            return _new(self.data.reshape(shape))
+        if not (self.requires_grad and (_mode.grad_enabled or _mode.local.enabled)):  # nothing to record
+            try:
+                return _view_of(self, self.data.reshape(shape))  # a view, as NumPy's
+            except (TypeError, ValueError):  # xpgrad's error, which names the shapes
+                return _view_of(self, _f.Reshape(shape).forward(self.data))
         return _f.Reshape(shape)(self)
 
     def transpose(self, *axes) -> Tensor:
@@ -259,6 +272,9 @@ class Tensor:
 
         Differentiable: the gradient flows back to the original device.
         """
+        if not isinstance(device, (str, backend.Device)):
+            raise TypeError(f"to(device) takes a device name ('cpu', 'cuda', 'cuda:N') or a Device, "
+                            f"got {type(device).__name__} {device!r:.40}")
         device = backend.get_device(device)
         if device == self.device:
             return self
@@ -270,13 +286,17 @@ class Function:
 
     Subclasses implement ``forward(*arrays) -> array`` and ``backward(gy) ->
     tuple`` (one gradient per input, None for an input that needs none, in
-    the input's shape and dtype). ``fn(*tensors)`` runs ``forward`` on the
-    tensors' data and, when recording, links the result to this node.
-    ``self.inputs`` (the tensors) is set before ``forward`` runs, so it may
-    look at which inputs require gradients.
+    exactly the input's shape and dtype: the backward pass checks). ``fn(*tensors)``
+    runs ``forward`` on the tensors' data and, when recording, links the result
+    to this node; ``self.inputs`` is set before ``forward`` runs. A backward
+    that reads no input's values sets ``saves_inputs = False`` (its inputs may
+    then change in place); a forward whose output may view its first input's
+    data sets ``view = True`` (the two then share a version counter).
     """
 
-    __slots__ = ("inputs", "gy", "owned", "retained")
+    __slots__ = ("inputs", "gy", "owned", "retained", "tick")
+    saves_inputs = True
+    view = False
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         self.inputs = inputs
@@ -287,13 +307,16 @@ class Function:
             data = self.forward(*[x.data for x in inputs])
         out = object.__new__(Tensor)  # as _new, inlined: this runs for every operation
         out.data, out.grad, out.requires_grad, out.creator, out._grad_slot = data, None, False, None, None
-        if _grad_enabled:
+        out._counter = inputs[0]._shared_counter() if self.view else None
+        if _mode.grad_enabled or _mode.local.enabled:  # one read while no thread is in no_grad
             for x in inputs:
                 if x.requires_grad:
                     out.requires_grad = True
                     out.creator = self
                     self.gy = self.retained = None
                     self.owned = False
+                    # The clock now: backward refuses an input updated in place after it (a later tick).
+                    self.tick = _backprop.ticks if self.saves_inputs else None
                     break
         return out
 
@@ -318,32 +341,51 @@ def as_tensor(value) -> Tensor:
 def _new(data) -> Tensor:
     """A Tensor around an array produced here: no checks, no gradient."""
     t = object.__new__(Tensor)
-    t.data = data
-    t.grad = None
-    t.requires_grad = False
-    t.creator = None
-    t._grad_slot = None
+    t.data, t.grad, t.requires_grad, t.creator, t._grad_slot, t._counter = data, None, False, None, None, None
     return t
 
 
-def _is_scalar(value) -> bool:
-    """A Python or NumPy number (not a 0-d array): it stays a scalar, so NumPy keeps the tensor's dtype."""
-    return isinstance(value, (numbers.Number, numpy.generic))
+def _view_of(base: Tensor, data) -> Tensor:
+    """A new leaf around ``data``, a view of ``base``'s data: it shares base's version counter."""
+    t = _new(data)
+    t._counter = base._shared_counter()
+    return t
+
+
+def _as_array(value):
+    """``value`` (a number, a nested list, ...) as a NumPy array of real numbers, or a TypeError saying why not."""
+    try:
+        data = numpy.asarray(value)
+    except (ValueError, TypeError) as exc:
+        data = exc
+    if isinstance(data, Exception) or data.dtype.kind not in "biuf":
+        raise TypeError(f"Tensor(data) takes an array, a real number or a nested list of them of one shape; got "
+                        f"{type(value).__name__} {value!r:.60}" + (f" ({data})" if isinstance(data, Exception) else ""))
+    return data
+
+
+# A number stays a scalar (not a 0-d array), so NumPy keeps the tensor's dtype. Concrete types: a fast isinstance.
+_REALS = (float, int, numpy.floating, numpy.integer, numpy.bool_)
 
 
 def _binary(tensor_op, scalar_op, a, b):
-    """``a (op) b`` where at least one side is a Tensor and the other may be a number or an array."""
-    if _is_scalar(b):
+    """``a (op) b`` where at least one side is a Tensor and the other may be a real number or an array."""
+    if isinstance(b, _REALS):
         return scalar_op(b)(a)
-    if _is_scalar(a):
+    if isinstance(a, _REALS):
         return scalar_op(a)(b)
+    for c in (a, b):
+        if isinstance(c, (numbers.Number, numpy.generic)):  # a Fraction, say, or a complex number
+            if not isinstance(c, numbers.Real):
+                raise TypeError(f"a tensor's operand may be a Tensor, an array or a real number, got "
+                                f"{type(c).__name__} {c!r:.40}")
+            return scalar_op(float(c))(b if c is a else a)
     return tensor_op()(as_tensor(a), as_tensor(b))
 
 
 class _Functions:
-    """``xpgrad.functions``, looked up when an operator first runs rather than imported here: the
-    Function classes build on this module, so importing them here would be a cycle (DeZero does
-    the same with ``dezero.functions``)."""
+    """``xpgrad.functions``, looked up when an operator first runs: importing it here would be a cycle
+    (DeZero does the same with ``dezero.functions``)."""
 
     def __getattr__(self, name):
         module = importlib.import_module("xpgrad.functions")

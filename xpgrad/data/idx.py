@@ -31,6 +31,7 @@ NUM_CLASSES = 10
 
 FIX = "delete it to re-download, or pass --data-dir with good copies"
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_BYTES = int(np.iinfo(np.intp).max)  # the largest array NumPy can make, in bytes (uint8: elements)
 _CHUNK = 1 << 20
 _STANDARD_NAME = re.compile(r"^(train|t10k)-(images-idx3|labels-idx1)-ubyte(\.gz)?$")
 
@@ -144,6 +145,14 @@ def _parse_header(head: bytes, label: str, kind, count, image_shape) -> tuple[st
         raise DataError(f"{label}: images are {dims[1]}x{dims[2]}, expected {want}; {FIX}")
     if found == "images" and 0 in dims[1:]:
         raise DataError(f"{label}: images of {dims[1]}x{dims[2]} pixels hold nothing; {FIX}")
+    # Python's ints do not overflow; NumPy's sizes do. Each image's size counts even when there are no images:
+    # NumPy refuses a (0, rows, cols) array whose rows * cols bytes it could not address.
+    item, total = math.prod(dims[1:]), math.prod(dims)
+    if max(item, total) > _MAX_BYTES:
+        what = f"images of {dims[1]}x{dims[2]} pixels" if found == "images" else "labels"
+        size = f"{item} bytes each" if item > _MAX_BYTES else f"{total} bytes in all"
+        raise DataError(f"{label}: its header says {dims[0]} {what}, {size}, more than an array can hold "
+                        f"({_MAX_BYTES} bytes); {FIX}")
     if count is not None and dims[0] != count:
         raise DataError(f"{label}: {_count_problem(dims[0], count, found)}; {FIX}")
     return found, dims, header

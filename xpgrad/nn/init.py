@@ -25,7 +25,7 @@ _dtype = numpy.dtype("float32")
 def manual_seed(seed) -> None:
     """Seed the generator that layers made without ``rng`` draw their initial weights from."""
     global _generator
-    _generator = numpy.random.default_rng(seed)
+    _generator = generator(seed, "manual_seed(seed)")
 
 
 @contextlib.contextmanager
@@ -36,9 +36,9 @@ def defaults(seed=None, dtype=None):
     global _generator, _dtype
     previous = _generator, _dtype
     if seed is not None:
-        _generator = numpy.random.default_rng(seed)
+        _generator = generator(seed, "seed")
     if dtype is not None:
-        _dtype = numpy.dtype(dtype)
+        _dtype = float_dtype(dtype, "defaults(dtype=...)")
     try:
         yield
     finally:
@@ -50,24 +50,48 @@ def default_dtype() -> numpy.dtype:
     return _dtype
 
 
-def generator(rng=None) -> numpy.random.Generator:
-    """``rng`` as a generator: the module's generator for None, a new one for a seed, itself for a Generator."""
+def generator(rng=None, what: str = "rng") -> numpy.random.Generator:
+    """``rng`` as a generator: the module's generator for None, a new one for a seed (a whole number >= 0, or
+    what ``numpy.random.default_rng`` takes), itself for a Generator; TypeError naming ``what`` otherwise."""
     if rng is None:
         return _generator
-    return rng if isinstance(rng, numpy.random.Generator) else numpy.random.default_rng(rng)
+    if isinstance(rng, numpy.random.Generator):
+        return rng
+    try:
+        if isinstance(rng, (bool, float, str, bytes)):
+            raise TypeError("not a seed")
+        return numpy.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be None, a seed (a whole number >= 0) or a numpy.random.Generator, "
+                        f"got {type(rng).__name__} {rng!r:.40} ({exc})") from None
+
+
+def float_dtype(dtype, what: str) -> numpy.dtype:
+    """``dtype`` as a floating-point NumPy dtype, or a TypeError naming ``what``: parameters are trained, so
+    they are floating-point (PyTorch's rule too)."""
+    try:
+        parsed = numpy.dtype(dtype)
+    except TypeError:
+        parsed = None
+    if parsed is None or parsed.kind != "f":
+        raise TypeError(f"{what} takes a floating-point dtype (float16, float32, float64), got {dtype!r:.40}")
+    return parsed
 
 
 def init_weight(rng: numpy.random.Generator, fan_in: int, fan_out: int, init: str) -> numpy.ndarray:
     """A (fan_in, fan_out) float64 weight on the host.
 
     ``he``: N(0, 2/fan_in), for ReLU layers; ``glorot``: U(+-sqrt(6/(fan_in+fan_out)));
-    ``normal``: N(0, 1), as the notebook did.
+    ``normal``: N(0, 1), as the notebook did. A weight with no elements (``fan_in`` or ``fan_out`` 0, which
+    PyTorch allows too) is drawn from nothing.
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if fan_in == 0 or fan_out == 0:
+        return numpy.zeros((fan_in, fan_out))
     if init == "he":
         return rng.normal(0.0, math.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
     if init == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, size=(fan_in, fan_out))
-    if init == "normal":
-        return rng.normal(size=(fan_in, fan_out))
-    raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    return rng.normal(size=(fan_in, fan_out))

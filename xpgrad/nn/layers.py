@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy
 
@@ -17,36 +18,47 @@ from .module import Module
 
 
 class Linear(Module):
-    """``y = x @ weight + bias`` for x of shape (N, in_features).
+    """``y = x @ weight + bias``, applied to the last axis of x: (in_features,), (N, in_features) or
+    (N, ..., in_features), as PyTorch's, in the weight's dtype (an input of another dtype is refused, as by
+    PyTorch: convert it first).
 
     ``weight`` is (in_features, out_features), and ``bias`` (out_features,).
     PyTorch stores (out, in) and computes ``x @ W.T``; xpgrad keeps the
     notebook's layout (``x @ W``), whose products are the notebook's own, so
-    weights from PyTorch load transposed.
+    weights from PyTorch load transposed. ``in_features`` and
+    ``out_features`` are whole numbers, 0 included (as PyTorch's: an empty
+    weight).
 
     Weights are drawn on the host with ``init`` (``he``: N(0, 2/in), the
     default; ``glorot``; ``normal``: N(0, 1), as the notebook; None: zeros,
     for a caller that sets them) from ``rng`` (a seed, a
     ``numpy.random.Generator``, or None for :mod:`xpgrad.nn.init`'s
-    generator); biases start at zero. ``dtype`` None means
+    generator); biases start at zero. ``dtype`` (floating-point) None means
     :func:`xpgrad.nn.init.default_dtype` (float32 unless changed).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str | None = "he",
                  rng=None, dtype=None, device="cpu"):
-        dtype = _init.default_dtype() if dtype is None else numpy.dtype(dtype)
+        for what, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, (bool, numpy.bool_)) or not isinstance(n, numbers.Integral):
+                raise TypeError(f"Linear's {what} must be a whole number, got {type(n).__name__} {n!r:.40}")
+            if n < 0:
+                raise ValueError(f"Linear's {what} must be 0 or more, got {n}")
+        if init is not None and init not in _init.INITS:
+            raise ValueError(f"Linear's init must be one of {', '.join(_init.INITS)} or None, got {init!r:.40}")
+        dtype = _init.default_dtype() if dtype is None else _init.float_dtype(dtype, "Linear(dtype=...)")
         device = backend.get_device(device)
-        if init is None:
-            W = numpy.zeros((in_features, out_features), dtype)
-        else:
-            W = _init.init_weight(_init.generator(rng), in_features, out_features, init).astype(dtype)
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if init is None:
+            W = numpy.zeros((self.in_features, self.out_features), dtype)
+        else:
+            W = _init.init_weight(_init.generator(rng), self.in_features, self.out_features, init).astype(dtype)
         self.weight = Tensor(backend.to_device(W, device), requires_grad=True)
-        self.bias = Tensor(backend.to_device(numpy.zeros(out_features, dtype), device), requires_grad=True) \
+        self.bias = Tensor(backend.to_device(numpy.zeros(self.out_features, dtype), device), requires_grad=True) \
             if bias else None
 
     def forward(self, x):
-        """(N, out_features) from (N, in_features)."""
+        """x's shape with ``out_features`` for its last axis (``in_features``)."""
         x = as_tensor(x)
         if self.bias is None:
             return functions.Linear()(x, self.weight)
@@ -72,6 +84,9 @@ class Flatten(Module):
     (N, 784) with the defaults. A view of the input, not a copy."""
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        for what, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(d, (bool, numpy.bool_)) or not isinstance(d, numbers.Integral):
+                raise TypeError(f"Flatten's {what} must be an int, got {type(d).__name__} {d!r:.40}")
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
@@ -79,9 +94,9 @@ class Flatten(Module):
         x = as_tensor(x)
         if self.start_dim == 1 and self.end_dim == -1 and x.ndim >= 2:  # the usual case, (N, ...) to (N, -1)
             return x.reshape(x.shape[0], math.prod(x.shape[1:]))
-        if x.ndim == 0:
+        if x.ndim == 0:  # PyTorch's rule: a 0-d input becomes (1,)
             return x.reshape(1)
-        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        (start,), (end,) = (functions.normalize_axes(d, x.ndim) for d in (self.start_dim, self.end_dim))
         if start > end:
             raise ValueError(f"Flatten({self.start_dim}, {self.end_dim}) on a {x.ndim}-d input: start_dim comes "
                              "after end_dim")
@@ -114,7 +129,8 @@ class Sequential(Module):
         while i < n:
             m = layers[i]
             i += 1
-            if i < n and type(m) is Linear and type(layers[i]) is ReLU and m.bias is not None:
+            if i < n and type(m) is Linear and type(layers[i]) is ReLU and m.bias is not None \
+                    and m.bias.shape == m.weight.shape[1:]:  # LinearReLU takes an (out,) bias, not a broadcast one
                 x = functions.LinearReLU()(as_tensor(x), m.weight, m.bias)
                 i += 1
             else:

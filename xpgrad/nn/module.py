@@ -11,12 +11,15 @@ in a Sequential, ``fc1.bias`` in a model whose ``fc1`` is a Linear.
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy
 
 from .. import backend
+from ..backprop import bump_versions
 from ..tensor import Tensor
 from .flat import move_parameters
+from .init import float_dtype
 
 #: What :meth:`Module.load_state_dict` returns, as PyTorch's.
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -116,25 +119,33 @@ class Module:
         return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
-        """Copy the arrays of ``state`` (by :meth:`state_dict`'s names; host or device arrays) into this
-        module's parameters and buffers, in place, cast to their dtypes.
+        """Copy the arrays of ``state`` (by :meth:`state_dict`'s names; host or device arrays, or Tensors)
+        into this module's parameters and buffers, in place, cast to their dtypes.
 
-        Every name and shape is checked before anything is copied. With
+        Every name, shape and dtype is checked before anything is copied. With
         ``strict``, a name missing from ``state`` or one this module does not
-        have is a ValueError naming them; otherwise they are returned.
+        have is a ValueError naming them; otherwise they are returned. A graph
+        recorded before the copy can no longer run its backward pass
+        (its parameters' versions move on, as with an optimizer step).
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict takes a mapping of names to arrays (as state_dict() returns), "
+                            f"got {type(state).__name__}")
+        if not isinstance(strict, (bool, numpy.bool_)):
+            raise TypeError(f"load_state_dict(strict=...) takes True or False, got {strict!r:.40}")
         own = self._targets()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"the state does not match the model's: missing {missing}, unexpected {unexpected}")
-        for name, target in own.items():
-            if name in state and tuple(state[name].shape) != tuple(target.shape):
-                raise ValueError(f"{name} has shape {tuple(state[name].shape)} in the state, "
-                                 f"but {tuple(target.shape)} in the model")
-        for name, target in own.items():
-            if name in state:
-                backend.copy_into(target, state[name])
+        arrays = {name: _state_array(name, state[name]) for name in own if name in state}
+        for name, array in arrays.items():
+            if tuple(array.shape) != tuple(own[name].shape):
+                raise ValueError(f"{name} has shape {tuple(array.shape)} in the state, "
+                                 f"but {tuple(own[name].shape)} in the model")
+        for name, array in arrays.items():
+            backend.copy_into(own[name], array)
+        bump_versions(p for name, p in self.named_parameters() if name in arrays)
         return IncompatibleKeys(missing, unexpected)
 
     def _targets(self) -> dict:
@@ -159,19 +170,28 @@ class Module:
 
     def to(self, device=None, dtype=None) -> Module:
         """Move the parameters and buffers to ``device`` (``cpu``, ``cuda``, ``cuda:N``) and/or cast the
-        floating-point ones to ``dtype``, in place; returns the module.
+        floating-point ones to ``dtype`` (a floating-point dtype, as PyTorch's rule), in place; returns the module.
 
         The Tensors stay the same objects with new data, so make the optimizer
         afterwards: it holds the arrays it updates. Parameters made flat by
         :func:`xpgrad.nn.flatten_parameters` stay flat.
         """
         device = None if device is None else backend.get_device(device)
-        dtype = None if dtype is None else numpy.dtype(dtype)
+        dtype = None if dtype is None else float_dtype(dtype, "Module.to(dtype=...)")
         move_parameters(self, device, dtype)
         for path, module in self.named_modules():
             for name in module.__dict__.get("_buffer_names", ()):
                 object.__setattr__(module, name, _moved(getattr(module, name), device, dtype))
         return self
+
+
+def _state_array(name: str, value):
+    """A state's entry as an array of numbers, or a TypeError naming it."""
+    value = value.data if isinstance(value, Tensor) else value
+    if not (isinstance(value, numpy.ndarray) or backend.is_cupy_array(value)) or value.dtype.kind not in "biuf":
+        raise TypeError(f"load_state_dict: {name} must be an array of numbers (NumPy or CuPy), got "
+                        f"{type(value).__name__} {getattr(value, 'dtype', '')}".rstrip())
+    return value
 
 
 def _moved(a, device, dtype):
