@@ -77,6 +77,12 @@ class Dropout(Op):
         return gy * self.mem["mask"]
 
 
+def _channel_sums(a):
+    """(C,) sums of a (C, H, W, N) array: an elementwise reduction, which a CUDA graph can record (CuPy's
+    einsum may call cuBLAS, which it refuses while a graph records)."""
+    return a.sum(axis=(1, 2, 3))
+
+
 def check_probability(p) -> None:
     """ValueError unless ``p`` is a number in [0, 1], PyTorch's message."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
@@ -113,7 +119,7 @@ class BatchNorm2d(Op):
                 raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input {x.shape}")
             mean = xc.mean(axis=(1, 2, 3))
             xhat = xc - mean[:, None, None, None]
-            var = xp.einsum("chwn,chwn->c", xhat, xhat) / dtype(count)
+            var = _channel_sums(xhat * xhat) / dtype(count)
             self._update_running(running_mean, running_var, num_batches_tracked, mean, var, count)
         else:
             mean, var = running_mean, running_var
@@ -141,7 +147,7 @@ class BatchNorm2d(Op):
         xhat, invstd, weight = m["xhat"], m["invstd"], m["weight"]
         g = gy.transpose(1, 2, 3, 0)
         gbias = g.sum(axis=(1, 2, 3))
-        gweight = xp.einsum("chwn,chwn->c", g, xhat)
+        gweight = _channel_sums(g * xhat)
         scale = invstd if weight is None else invstd * weight
         if not self.training:  # the statistics are constants
             return (g * scale[:, None, None, None]).transpose(3, 0, 1, 2), gweight, gbias
