@@ -94,6 +94,9 @@ else
     STEPS+=("e2e skipped 0 no-data")
 fi
 bench scaling 150 scaling --budget @BUDGET@ --compile-limit 40 ${DATA[@]+"${DATA[@]}"}
+# The cnn's epoch (issue 17): xpgrad eager and graph against PyTorch eager with cuDNN, then the wider cnn.
+bench cnn_epoch 60 cnn_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
+bench cnn_wide 60 cnn_epoch --device cuda --repeats 3 --channels 32,64 ${DATA[@]+"${DATA[@]}"}
 # A training loop of one's own (Tensors, nn, optim) against the Trainer's epoch and PyTorch eager: last, as the least urgent.
 bench tensor_epoch 45 tensor_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
 
