@@ -84,13 +84,19 @@ def breakdown(trainer) -> dict:
 
 
 def _report(timers: _Timers, epoch: float, rate: float) -> dict:
-    rows, parts = [], {}
+    rows, parts, small = [], {}, []
     for name in sorted(timers.seconds, key=timers.seconds.get, reverse=True):
         seconds, flops = timers.seconds[name], timers.flops.get(name, 0)
         floor = flops / rate if flops else None
         parts[name] = {"seconds": seconds, "calls": timers.calls[name], "flops": flops, "floor_seconds": floor}
+        if seconds < 0.005 * epoch:  # the last, partial batch's products and the like: one row for all
+            small.append(seconds)
+            continue
         rows.append([name, f"{seconds:.2f}", f"{100 * seconds / epoch:.0f}%",
                      f"{flops / seconds / 1e9:.0f} GFLOP/s, {seconds / floor:.1f}x its floor" if flops else ""])
+    if small:
+        rows.append([f"{len(small)} smaller parts (the partial last batch's products, ...)", f"{sum(small):.2f}",
+                     f"{100 * sum(small) / epoch:.0f}%", ""])
     rest = epoch - sum(timers.seconds.values())
     rows.append(["the rest (ReLU, bias adds, loss, Adam, the tape, batches)", f"{rest:.2f}",
                  f"{100 * rest / epoch:.0f}%", ""])

