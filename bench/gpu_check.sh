@@ -149,25 +149,29 @@ DATA=()
 
 # The steps, in the order summary.json needs them: gpu_epoch (epoch_ms, step_us, kernels_per_step,
 # graph_vs_eager_max_rel_param_diff), e2e (e2e_seconds, e2e_test_accuracy), gpu_kernels
-# (row_kernels_copy_share_min); then the tests, then what no target reads.
+# (row_kernels_copy_share_min), cnn_epoch and cnn_wide (cnn_epoch_ms, cnn_wide_epoch_ms); then the
+# tests, then what no target reads.
 steps() {
     step nvidia-smi 10 nvidia-smi
     step xpgrad-info 20 "$PYTHON" -m xpgrad.cli info --device cuda
-    bench gpu_epoch 130 gpu_epoch --budget @BUDGET@ --compile-limit 60 ${DATA[@]+"${DATA[@]}"}
+    bench gpu_epoch 115 gpu_epoch --budget @BUDGET@ --compile-limit 60 ${DATA[@]+"${DATA[@]}"}
     if [ -d "$DATA_DIR" ] || ((PLANNING)); then
         # The timed xpgrad run is the training run of this check: its folder is $OUT/train-fashion.
-        bench e2e 70 e2e --budget @BUDGET@ --data-dir "$DATA_DIR" --out "$OUT/train-fashion"
+        bench e2e 60 e2e --budget @BUDGET@ --data-dir "$DATA_DIR" --out "$OUT/train-fashion"
     else
         skip e2e "no data at $DATA_DIR; copy /usr/share/datasets/fashion-mnist there and carry it, or set XPGRAD_GPU_DATA"
         heading e2e "bench.e2e"
     fi
-    bench gpu_kernels 45 gpu_kernels
+    bench gpu_kernels 40 gpu_kernels
+    # The cnn's epoch (issue 17): xpgrad eager and graph against PyTorch eager with cuDNN, then the wider cnn.
+    bench cnn_epoch 35 cnn_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
+    bench cnn_wide 30 cnn_epoch --device cuda --repeats 3 --channels 32,64 ${DATA[@]+"${DATA[@]}"}
     # --maxfail: a run where everything fails (a kernel that does not build) ends early and leaves the time.
-    step pytest-gpu 95 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider \
+    step pytest-gpu 75 env XPGRAD_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider \
         --maxfail=10 --durations=10
-    bench scaling 40 scaling --budget @BUDGET@ --compile-limit 15 ${DATA[@]+"${DATA[@]}"}
+    bench scaling 30 scaling --budget @BUDGET@ --compile-limit 15 ${DATA[@]+"${DATA[@]}"}
     # A training loop of one's own (Tensors, nn, optim) against the Trainer's epoch and PyTorch eager.
-    bench tensor_epoch 25 tensor_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
+    bench tensor_epoch 20 tensor_epoch --device cuda --repeats 3 ${DATA[@]+"${DATA[@]}"}
 }
 
 PLANNING=1

@@ -31,6 +31,10 @@ import sys
 from xpgrad.files import atomic_write
 
 IMPLS = ("xpgrad_graph", "xpgrad_eager", "torch_eager", "torch_graph", "torch_compile", "jax_jit", "jax_scan")
+#: bench.cnn_epoch's implementations: its own names -> summary.json's.
+CNN_NAMES = {"xpgrad": "xpgrad_eager", "xpgrad_graph": "xpgrad_graph", "torch": "torch_eager",
+             "torch_cudnn_benchmark": "torch_cudnn_benchmark"}
+CNN_IMPLS = tuple(CNN_NAMES.values())
 SCHEMA = {
     "device": str, "date": str, "commit": str,
     "epoch_ms": dict.fromkeys(IMPLS, float),
@@ -40,6 +44,9 @@ SCHEMA = {
     "e2e_seconds": {"xpgrad": float, "torch": float},
     "e2e_test_accuracy": {"xpgrad": float, "torch": float},
     "graph_vs_eager_max_rel_param_diff": float,
+    # Issue 17: the cnn's epoch (bench.cnn_epoch), and the wider cnn's (32/64 channels).
+    "cnn_epoch_ms": dict.fromkeys(CNN_IMPLS, float),
+    "cnn_wide_epoch_ms": dict.fromkeys(CNN_IMPLS, float),
     "notes": list,
 }
 ROW_KERNELS = ("lsm", "xent", "log_softmax", "softmax", "cross")  # gpu_kernels' names for the row kernels
@@ -97,6 +104,17 @@ def row_kernel_share(kernels: dict | None) -> tuple[float | None, str | None]:
     if not shares:
         return None, "bench.gpu_kernels measured no row kernel at >= 1e6 rows"
     return min(shares), None
+
+
+def cnn_epochs(results: dict, label: str) -> tuple[dict, str | None]:
+    """Median epoch milliseconds per implementation from bench.cnn_epoch's JSON (step ``label``), and why any
+    is missing."""
+    epochs = ((results.get(label) or {}).get("results") or {}).get("epochs") or {}
+    figures = {CNN_NAMES[name]: None for name in CNN_NAMES}
+    for name, s in epochs.items():
+        if name in CNN_NAMES:
+            figures[CNN_NAMES[name]] = s["median"] * 1e3
+    return figures, None if all(v is not None for v in figures.values()) else _step_words(results, label)
 
 
 def commit_id() -> tuple[str, str | None]:
@@ -194,6 +212,9 @@ def build_summary(results: dict, date: str | None = None, commit: str | None = N
     _section(results, "gpu_epoch", fill_epoch, notes)
     _section(results, "gpu_kernels", fill_kernels, notes)
     _section(results, "e2e", fill_e2e, notes)
+    for key, label in (("cnn_epoch_ms", "cnn_epoch"), ("cnn_wide_epoch_ms", "cnn_wide")):
+        summary[key], why = cnn_epochs(results, label)
+        notes += [f"{key}: {why}"] if why else []
     summary["notes"] = notes
     return {key: summary[key] for key in SCHEMA}
 

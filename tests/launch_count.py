@@ -11,9 +11,11 @@ nothing, and a view launches nothing).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from xpgrad import backend, kernels, ops
+from xpgrad import backend, convops, kernels, ops
 
 
 class Counted(np.ndarray):
@@ -60,6 +62,19 @@ def _gemm(log):
     return gemm
 
 
+def _elementwise(log):
+    """A CuPy ElementwiseKernel's call, logged: it returns its output, given (after the inputs) or new."""
+    def call(spec, *args, **kwargs):
+        log.append(spec.name)
+        inputs = len(spec.in_params.split(","))
+        if len(args) > inputs:
+            return args[inputs]
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        return np.empty(shape, dtype=arrays[-1].dtype).view(Counted)
+    return call
+
+
 def launches_of_one_step(monkeypatch, trainer) -> list[str]:
     """The launches one training step of ``trainer`` (a CPU Trainer) would make on a GPU, in order."""
     log = Counted.log = []
@@ -70,9 +85,13 @@ def launches_of_one_step(monkeypatch, trainer) -> list[str]:
     monkeypatch.setattr(backend, "cupy", np)  # the kernels' own scratch arrays, on the host
     monkeypatch.setattr(backend, "device_of", lambda a: backend.CPU)
     monkeypatch.setattr(kernels, "_stream", lambda: (0, 0))  # the kernels' scratch, keyed by device and stream
-    monkeypatch.setattr(kernels.KernelSpec, "__call__", lambda spec, *a, **k: log.append(spec.name))
+    monkeypatch.setattr(kernels.KernelSpec, "__call__", _elementwise(log))
     monkeypatch.setattr(kernels.RawKernelSpec, "launch", lambda spec, *a: log.append(spec.name))
     monkeypatch.setattr(ops, "matmul", _gemm(log))
+    monkeypatch.setattr(convops, "matmul", _gemm(log))
+    # A strided view of a Counted array stays Counted (NumPy's as_strided returns a base ndarray by default).
+    monkeypatch.setattr(np.lib.stride_tricks, "as_strided",
+                        functools.partial(np.lib.stride_tricks.as_strided, subok=True))
     for module in ("xpgrad.optim", "xpgrad.ops", "xpgrad.training.batches"):
         monkeypatch.setattr(f"{module}.get_ops", lambda xp: kernels)
     steps = trainer._training_steps()

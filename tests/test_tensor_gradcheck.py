@@ -5,7 +5,7 @@ import inspect
 import numpy as np
 import pytest
 
-from xpgrad import Tensor, backend, functional, functions, no_grad
+from xpgrad import Tensor, backend, functional, functions, modeops, no_grad
 from xpgrad.gradcheck import gradcheck
 from xpgrad.tensor import Function
 
@@ -61,6 +61,13 @@ CASES = {
     "cross_entropy soft": ({"CrossEntropy"}, lambda a: functional.cross_entropy(a, beside(a, SOFT)), [(3, 4)], None),
     "cross_entropy step": ({"CrossEntropy"}, lambda a: functions.CrossEntropy(beside(a, LABELS), stats=(
         beside(a, np.zeros(())), beside(a, np.zeros((), np.int64))))(a), [(3, 4)], None),
+    "conv2d": ({"Conv2d"}, lambda x, W, b: functional.conv2d(x, W, b, stride=(1, 2), padding=1),
+               [(2, 3, 5, 6), (4, 3, 3, 2), (4,)], None),
+    "max_pool2d": ({"MaxPool2d"}, lambda a: functional.max_pool2d(a, 3, 2, 1), [(2, 2, 6, 5)], None),
+    "batch_norm": ({"BatchNorm2d"}, lambda x, w, b: functional.batch_norm(
+        x, beside(x, np.zeros(2)), beside(x, np.ones(2)), w, b, training=True), [(3, 2, 2, 3), (2,), (2,)], None),
+    "dropout": ({"Dropout"}, lambda a: functional.dropout(a, 0.4, state=beside(a, modeops.new_state(1))),
+                [(4, 5)], None),  # a new state per call: the same mask each time
 }
 
 

@@ -83,6 +83,10 @@ def _path(text):
     return text
 
 
+_EVAL_BATCH_HELP = ("test images evaluated at a time (default: as many as fit in 128 MiB, at most 10000; "
+                    "the run records it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import CUSTOM, DATASETS  # noqa: PLC0415 - keeps `xpgrad --help` light
     from .optim import OPTIMIZERS  # noqa: PLC0415
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_rule(positive_number, float), default=None, help="learning rate")
     train.add_argument("--dtype", choices=DTYPES, default=None)
     train.add_argument("--hidden", type=_hidden, default=None, metavar="W[,W...]",
-                       help="hidden layer widths of the mlp, e.g. 1024,1024 (default: 100)")
+                       help="hidden layer widths of the mlp, e.g. 1024,1024 (default: 100); of the cnn's Linear layers")
     train.add_argument("--seed", type=_rule(whole_number(0), int), default=None, help="default: 0")
     train.add_argument("--threads", type=_rule(whole_number(1), int), default=None,
                        help="threads for the CPU's matrix products (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
@@ -125,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--graph", choices=("on", "off", "auto"), default="off",
                        help="replay each training step as a CUDA graph: on, off, or auto (on for a GPU); default: off")
+    train.add_argument("--eval-batch-size", type=_rule(whole_number(1), int), default=None, metavar="N",
+                       help=_EVAL_BATCH_HELP)
 
     ev = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint")
     ev.add_argument("--checkpoint", type=_path, required=True)
@@ -132,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", type=_path, default=None)
     ev.add_argument("--model", type=_model, default=None, metavar="SPEC",
                     help="the checkpoint's model file, if it has moved since")
+    ev.add_argument("--eval-batch-size", type=_rule(whole_number(1), int), default=None, metavar="N",
+                    help=_EVAL_BATCH_HELP)
 
     info = sub.add_parser("info", help="print backend facts (NumPy/BLAS, CuPy, GPU) and self-test the GPU")
     info.add_argument("--device", default=None,
@@ -198,10 +206,10 @@ _FIXED_ON_RESUME = (*_RUN_OPTIONS, "recipe")
 def _config_from_args(args):
     from .training import Config, ModelSpec  # noqa: PLC0415
 
-    if args.model not in (None, "mlp") and args.hidden is not None:
-        raise XpgradError(f"--hidden sets the widths of the built-in mlp, and --model {args.model} builds its own "
-                          "layers; drop --hidden")
-    overrides = {k: getattr(args, k) for k in ("epochs", *_RUN_OPTIONS)}
+    if args.model is not None and ":" in args.model and args.hidden is not None:
+        raise XpgradError(f"--hidden sets the widths of the built-in mlp (and of the cnn's Linear layers), and "
+                          f"--model {args.model} builds its own layers; drop --hidden")
+    overrides = {k: getattr(args, k) for k in ("epochs", "eval_batch_size", *_RUN_OPTIONS)}
     if args.model is not None:
         overrides["model"] = str(ModelSpec(args.model))
     return Config.from_recipe(args.recipe or "default", **overrides)
@@ -224,6 +232,8 @@ def _resume_config(args, checkpoint):
             )
     if args.epochs is not None:
         config.epochs = args.epochs
+    if args.eval_batch_size is not None:
+        config.eval_batch_size = args.eval_batch_size
     return config
 
 
@@ -297,7 +307,8 @@ def _train(args, config, checkpoint, device, folder) -> dict:
     if checkpoint:
         trainer.restore(checkpoint)
         print(f"resuming {args.resume} at epoch {trainer.epoch}")
-    model = "" if config.model == "mlp" else f"{config.model.rpartition(':')[2]} from {config.model.rpartition(':')[0]} "
+    where, _, name = config.model.rpartition(":")
+    model = "" if config.model == "mlp" else f"{name} from {where} " if where else f"the {name} "
     print(f"training {model}on {config.dataset} with the {config.recipe} recipe on {_device_words(device)}; "
           f"writing to {folder.path}")
     return run(trainer, folder, history=checkpoint.metrics if checkpoint else None)
@@ -354,6 +365,7 @@ def cmd_eval(args) -> int:
     with _open_checkpoint(args.checkpoint) as checkpoint:
         config = Config.from_dict(checkpoint.config)
         config.model = resumed_spec(config.model, checkpoint.model_sha256, args.model, checkpoint.path)
+        config.eval_batch_size = args.eval_batch_size or config.eval_batch_size
         _check_data_dir(config, args.data_dir)
         device = backend.get_device(args.device)
         dataset = _load_data(config, args.data_dir, progress=False)

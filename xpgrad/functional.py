@@ -60,3 +60,46 @@ def linear(x, W, b=None) -> Tensor:
     if b is None:
         return functions.Linear()(as_tensor(x), as_tensor(W))
     return functions.Linear()(as_tensor(x), as_tensor(W), as_tensor(b))
+
+
+# ---------------------------------------------------------------------------
+# Images and the layers that depend on the mode (xpgrad.convops, xpgrad.modeops)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
+    """PyTorch's ``conv2d`` (a cross-correlation): x (N, C, H, W), ``weight`` (out, in, kh, kw) in PyTorch's
+    layout, ``bias`` (out,) or None; (N, out, Ho, Wo). ``stride`` and ``padding`` (zeros) are ints or pairs.
+    im2col and one matrix product (:class:`xpgrad.convops.Conv2d`)."""
+    inputs = (as_tensor(x), as_tensor(weight)) + (() if bias is None else (as_tensor(bias),))
+    return functions.Conv2d(stride, padding)(*inputs)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
+    """The maximum of each window of x (N, C, H, W), as PyTorch's ``max_pool2d``: ``stride`` defaults to
+    ``kernel_size``, ``padding`` is -inf; the gradient goes to each window's first maximum, ties as PyTorch."""
+    return functions.MaxPool2d(kernel_size, stride, padding)(as_tensor(x))
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5) -> Tensor:
+    """PyTorch's ``batch_norm`` on x (N, C, H, W): the batch's statistics in training (and the running
+    ones, (C,) arrays, updated in place), the running ones in evaluation."""
+    inputs = [as_tensor(x)] + [as_tensor(t) for t in (weight, bias) if t is not None]
+    if (weight is None) != (bias is None):
+        raise ValueError("batch_norm takes weight and bias together, or neither")
+    return functions.BatchNorm2d(running_mean, running_var, training=training, momentum=momentum, eps=eps)(*inputs)
+
+
+def dropout(x, p=0.5, training=True, *, state=None) -> Tensor:
+    """PyTorch's ``dropout``: in training, each element zeroed with probability ``p`` and the rest scaled
+    by ``1 / (1 - p)``; ``x`` itself otherwise. The mask comes from ``state``, a generator state of
+    :func:`xpgrad.modeops.new_state` on x's device, advanced in place (``nn.Dropout`` holds one)."""
+    from .modeops import check_probability  # noqa: PLC0415 - a light module; keeps this file's imports as they were
+
+    check_probability(p)
+    if not training or p == 0:
+        return as_tensor(x)
+    if state is None:
+        raise ValueError("dropout in training needs state=, a generator state (xpgrad.modeops.new_state(seed)); "
+                         "nn.Dropout keeps one for you")
+    return functions.Dropout(p, state)(as_tensor(x))

@@ -20,6 +20,14 @@ RECIPES = {
         epochs=15, batch_size=128, optimizer="adam", lr=2e-3, dtype="float32", init="he",
         input_bias=False, head="cross_entropy", normalize="standardize", schedule="cosine",
     ),
+    # The built-in cnn (xpgrad.models.cnn: two 5x5 convolutions, 80k parameters) with the default
+    # recipe's optimizer and schedule. On Fashion-MNIST (seed 0) 15 epochs gave 91.2 % and 25 gave
+    # 90.9 % (it overfits: the test loss rises from epoch 12), and dropout 0.5 instead of 0.25 gave
+    # 91.2 % and, for seed 1, 90.8 %; so 15 epochs, a few minutes on a 2-core CPU.
+    "cnn": dict(
+        model="cnn", hidden=(128,), epochs=15, batch_size=128, optimizer="adam", lr=2e-3, dtype="float32",
+        init="he", input_bias=False, head="cross_entropy", normalize="standardize", schedule="cosine",
+    ),
     # The notebook, exactly: full batch, W ~ N(0, 1), lr 1e-5, summed loss,
     # float64, 50 epochs, unfused Softmax -> Log, bias as a column of ones.
     "notebook": dict(
@@ -103,6 +111,7 @@ RULES = {
     "dtype": one_of(DTYPES), "seed": whole_number(0), "hidden": widths, "init": one_of(INITS),
     "input_bias": _flag, "head": one_of(HEADS), "normalize": one_of(NORMALIZATIONS),
     "schedule": one_of(SCHEDULES), "momentum": _fraction, "threads": whole_number(0),
+    "eval_batch_size": whole_number(0),
 }
 
 
@@ -131,6 +140,7 @@ class Config:
     schedule: str = "cosine"
     momentum: float = 0.9
     threads: int = 0  # the BLAS threads the run used (0: not known); --threads sets them, a resumed run may change them
+    eval_batch_size: int = 0  # test rows per evaluation chunk (0: sized by memory); a resumed run may change it
 
     @classmethod
     def from_recipe(cls, recipe: str = "default", **overrides) -> "Config":

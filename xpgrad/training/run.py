@@ -128,13 +128,13 @@ def _out_of_memory(trainer, phase: str) -> str:
     config, epoch = trainer.config, trainer.epoch + (phase == "train")
     itemsize = numpy.dtype(config.dtype).itemsize
     widths = (*config.hidden, trainer.dataset.num_classes)
-    rows = trainer.batch_size if phase == "train" else min(10000, len(trainer.dataset.y_test))
+    rows = trainer.batch_size if phase == "train" else trainer.eval_batch_size
     # Each layer's output and its gradient, and the gathered inputs.
     activations = rows * (2 * sum(widths) + math.prod(trainer.input_shape)) * itemsize
     model = trainer.parameters.data.size * itemsize * 5  # parameters, gradients, optimizer state, scratch
     if phase == "evaluate":
         return (f"out of memory evaluating epoch {epoch}: {rows} test rows at a time need about "
-                f"{_size(activations)}; use smaller --hidden widths")
+                f"{_size(activations)}; use a smaller --eval-batch-size or smaller --hidden widths")
     if activations >= model:
         return (f"out of memory in epoch {epoch}: a batch of {rows} rows needs about {_size(activations)} "
                 "for its activations; use a smaller --batch-size")

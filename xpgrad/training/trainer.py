@@ -27,6 +27,7 @@ import time
 import numpy
 
 from .. import backend, faults, nn
+from ..backend.memory import peak_allocation
 from ..checkpoint import MODEL_PREFIX, OPTIM_PREFIX, save_checkpoint
 from ..errors import CheckpointError, DivergenceError, XpgradError
 from ..graphstep import GraphStep
@@ -41,6 +42,24 @@ from .modelspec import ModelSpec
 
 #: ``graph=`` values: "auto" records CUDA graphs on a GPU and runs the step as it is on the CPU.
 GRAPH_MODES = ("off", "on", "auto")
+#: Evaluation takes test rows in chunks that allocate at most about this many bytes (a CNN's im2col
+#: buffer for 10,000 rows would be about 1 GB), and at most EVAL_ROWS rows (the MLP's whole test set).
+EVAL_MEMORY, EVAL_ROWS, EVAL_PROBE_ROWS = 128 << 20, 10000, 64
+
+
+def eval_rows(model, inputs, x_test, device) -> int:
+    """How many test rows one evaluation chunk takes: the model's forward pass (eval mode, no gradients) on
+    :data:`EVAL_PROBE_ROWS` rows is measured, and the rows scaled to :data:`EVAL_MEMORY`."""
+    probe = x_test[:EVAL_PROBE_ROWS]
+    mode = model.training
+    model.eval()
+    try:
+        with device, no_grad():
+            used = peak_allocation(lambda: model(Tensor(inputs.normalize(probe))), device)
+    finally:
+        model.train(mode)
+    per_row = max(1, -(-used // max(1, len(probe))))
+    return int(max(1, min(EVAL_ROWS, EVAL_MEMORY // per_row)))
 
 
 class Trainer:
@@ -205,8 +224,19 @@ class Trainer:
                 f"lower --lr (now {self.config.lr:g}) or use another --recipe"
             )
 
-    def evaluate(self, chunk=10000) -> dict:
-        """Mean loss and accuracy on the test set, in eval mode, ``chunk`` rows at a time."""
+    @property
+    def eval_batch_size(self) -> int:
+        """Test rows evaluated at a time: ``config.eval_batch_size`` (``--eval-batch-size``) when set, else as
+        many as fit in :data:`EVAL_MEMORY` by a measured probe (:func:`eval_rows`), at most :data:`EVAL_ROWS`,
+        then kept in the config, so the checkpoint records it and a resumed run sums its test loss alike."""
+        if not self.config.eval_batch_size:
+            self.config.eval_batch_size = eval_rows(self.model, self.inputs, self.x_test, self.device)
+        return self.config.eval_batch_size
+
+    def evaluate(self, chunk=None) -> dict:
+        """Mean loss and accuracy on the test set, in eval mode, ``chunk`` rows at a time (None:
+        :attr:`eval_batch_size`)."""
+        chunk = chunk or self.eval_batch_size
         xp, model = self.xp, self.model
         with self.device, no_grad():
             stats = (xp.zeros((), dtype=self.dtype), xp.zeros((), dtype=xp.int64))
