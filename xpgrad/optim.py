@@ -33,6 +33,7 @@ from .backend import get_array_module, get_ops
 from .nn import flat as _flat
 from .tensor import Tensor
 
+#: The optimizers by name, as ``--optimizer`` and :func:`make_optimizer` take them.
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
@@ -47,6 +48,7 @@ class Schedule:
     steps = 0
 
     def factor(self, step: int) -> float:
+        """The learning rate's factor for update number ``step + 1`` (``step`` counts from 0)."""
         return 1.0
 
 
@@ -56,7 +58,7 @@ class ConstantSchedule(Schedule):
 
 class CosineSchedule(Schedule):
     """Cosine decay from the learning rate to 0 over ``total_steps`` updates, then 0:
-    ``0.5 * (1 + cos(pi * min(step, total_steps) / total_steps))``."""
+    ``0.5 * (1 + cos(pi * min(step, total_steps) / total_steps))``; ``steps`` is ``total_steps``."""
 
     def __init__(self, total_steps: int):
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -64,6 +66,7 @@ class CosineSchedule(Schedule):
         self.steps = total_steps
 
     def factor(self, step: int) -> float:
+        """``0.5 * (1 + cos(pi * min(step, steps) / steps))``."""
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
 
 
@@ -75,6 +78,11 @@ class Optimizer:
     Tensors are named ``"0"``, ``"1"``, ...), or a
     :class:`~xpgrad.nn.FlatParameters`. All on one device. Unlike PyTorch, a
     parameter without a gradient at ``step()`` is an error rather than skipped.
+
+    ``schedule`` is the :class:`Schedule` (constant when none is given);
+    ``flat`` the parameters' :class:`~xpgrad.nn.FlatParameters` when they are
+    flat (one update for them all), else None; ``state`` the state arrays by
+    state name, then parameter name (``state["m"]["0.weight"]`` for Adam).
     """
 
     #: names of the per-parameter state arrays, e.g. ("velocity",)
@@ -252,7 +260,8 @@ class SGD(Optimizer):
 
 
 class MomentumSGD(Optimizer):
-    """SGD with (heavy-ball) momentum: ``v = momentum * v + g; p -= lr * v``."""
+    """SGD with (heavy-ball) momentum ``momentum``: ``v = momentum * v + g; p -= lr * v``; its state
+    (``state_names``) is ``velocity``, ``v``."""
 
     state_names = ("velocity",)
 
@@ -266,7 +275,8 @@ class MomentumSGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``; its state (``state_names``) is ``m`` and
+    ``v``, the moving averages of the gradient and of its square."""
 
     state_names = ("m", "v")
 

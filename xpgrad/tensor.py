@@ -56,7 +56,8 @@ class Tensor:
     and is kept as is (not copied); anything else array-like becomes a NumPy
     array. A leaf made with ``requires_grad=True`` (a parameter) receives its
     gradient in ``.grad`` after ``backward``: an array of the data's module,
-    shape and dtype, or None before any backward pass.
+    shape and dtype, or None before any backward pass. ``.creator`` is the
+    :class:`Function` whose output this is (None for a leaf).
 
     Operators ``+ - * / @``, unary ``-`` and ``** number`` broadcast as NumPy
     does, with a Python number or an array allowed on either side.

@@ -17,10 +17,15 @@ from ..files import atomic_write, remove_stale_temps
 from .idx import read_verified
 from .registry import DATASETS, DatasetSpec, IdxFile
 
+#: The user cache's root, in place of ``~/.cache/xpgrad`` (each dataset in a folder of its name).
 CACHE_ENV = "XPGRAD_CACHE_DIR"
+#: The system folder's root, in place of :data:`SYSTEM_DATA_DIR`.
 SYSTEM_ENV = "XPGRAD_SYSTEM_DATA_DIR"
+#: A mirror's base URL, tried before the registry's mirrors.
 MIRROR_ENV = "XPGRAD_MIRROR"
-OFFLINE_ENV = "XPGRAD_OFFLINE"  # "1": never download, only use files already on disk
+#: "1": never download, only use files already on disk.
+OFFLINE_ENV = "XPGRAD_OFFLINE"
+#: Where Debian's packages put datasets (``dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``).
 SYSTEM_DATA_DIR = "/usr/share/datasets"
 #: requests' (connect, read) timeouts in seconds; the read one is per chunk, not total.
 DOWNLOAD_TIMEOUT = (10.0, 30.0)
