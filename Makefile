@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: train test docs serve-docs
+.PHONY: train test docs serve-docs notebook
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ docs: $(VENV)/.installed-docs
 
 serve-docs: $(VENV)/.installed-docs
 	$(BIN)/python -m mkdocs serve
+
+# The tutorial notebook's stored outputs, from a run on the whole dataset (the site shows them).
+notebook: $(VENV)/.installed-test+docs
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python docs/hooks/run_notebook.py
