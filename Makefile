@@ -35,11 +35,12 @@ train: $(VENV)/.installed-train+plot
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# NO_MKDOCS_2_WARNING: Material's notice about its successor, printed on every build.
 docs: $(VENV)/.installed-docs
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 serve-docs: $(VENV)/.installed-docs
-	$(BIN)/python -m mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
 
 # The tutorial notebook's stored outputs, from a run on the whole dataset (the site shows them).
 notebook: $(VENV)/.installed-test+docs
