@@ -88,3 +88,17 @@ def test_a_new_result_shows_without_an_edit(tmp_path, monkeypatch):
     pictures = performance.plots()
     assert set(pictures) == {"img/bench-cpu-epoch.png", "img/bench-gpu-epoch.png", "img/bench-scaling.png"}
     assert all(png.startswith(b"\x89PNG") for png in pictures.values())
+
+
+def test_the_notebooks_links_point_at_pages_of_the_site():
+    """mkdocs checks the links of Markdown pages but not those inside a notebook, which it shows as they are:
+    there a link must be the page's address on the site (``../training/``), never ``training.md``."""
+    nbformat = pytest.importorskip("nbformat", reason="needs nbformat (the test extra)")
+    nb = nbformat.read(DOCS / "notebook-to-xpgrad.ipynb", as_version=4)
+    links = [m for c in nb.cells if c.cell_type == "markdown" for m in re.findall(r"\]\(([^)\s]+)\)", c.source)]
+    assert links, "the notebook links to the pages that follow it"
+    for link in links:
+        if link.startswith(("http://", "https://", "#")):
+            continue
+        page = re.fullmatch(r"\.\./([\w-]+)/(#[\w-]+)?", link)
+        assert page and (DOCS / f"{page.group(1)}.md").is_file(), f"{link}: not the address of a page of the site"
