@@ -73,8 +73,9 @@ def get_dataset(kind: str, data_dir: str | None = None):
     )
 
 
-def make_trainer(dataset) -> Trainer:
-    config = Config.from_recipe("default", optimizer="sgd", lr=LR, schedule="constant", epochs=1000)
+def make_trainer(dataset, hidden=SIZES[1:-1]) -> Trainer:
+    config = Config.from_recipe("default", optimizer="sgd", lr=LR, schedule="constant", epochs=1000,
+                                hidden=tuple(hidden))
     return Trainer(config, dataset, device="cpu", progress=False)
 
 
@@ -138,22 +139,20 @@ class TorchEpoch:
 
 
 def gemm_cases(batch=BATCH, sizes=SIZES, dtype=numpy.float32):
-    """The step's matrix products as (name, a, b): operands laid out as xpgrad has them."""
+    """The step's matrix products as (name, a, b): operands laid out as xpgrad has them. Per layer of
+    ``sizes`` (in, out): forward ``x @ W``, the weight gradient ``x.T @ g``, and (but for the first layer,
+    whose input is data) the input gradient ``g @ W.T``."""
     rng = numpy.random.default_rng(1)
-    d_in, d_h, d_out = sizes
-    x = rng.standard_normal((batch, d_in), dtype=dtype)
-    h = rng.standard_normal((batch, d_h), dtype=dtype)
-    W1 = rng.standard_normal((d_in, d_h), dtype=dtype)
-    W2 = rng.standard_normal((d_h, d_out), dtype=dtype)
-    g1 = rng.standard_normal((batch, d_h), dtype=dtype)
-    g2 = rng.standard_normal((batch, d_out), dtype=dtype)
-    return [
-        (f"fwd L1: x @ W1 ({batch}x{d_in} @ {d_in}x{d_h})", x, W1),
-        (f"fwd L2: h @ W2 ({batch}x{d_h} @ {d_h}x{d_out})", h, W2),
-        (f"gW1: x.T @ g1 ({d_in}x{batch} @ {batch}x{d_h})", x.T, g1),
-        (f"gW2: h.T @ g2 ({d_h}x{batch} @ {batch}x{d_out})", h.T, g2),
-        (f"gx2: g2 @ W2.T ({batch}x{d_out} @ {d_out}x{d_h})", g2, W2.T),
-    ]
+    cases = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        x = rng.standard_normal((batch, d_in), dtype=dtype)
+        W = rng.standard_normal((d_in, d_out), dtype=dtype)
+        g = rng.standard_normal((batch, d_out), dtype=dtype)
+        cases.append((f"fwd L{i}: x @ W{i} ({batch}x{d_in} @ {d_in}x{d_out})", x, W))
+        cases.append((f"gW{i}: x.T @ g{i} ({d_in}x{batch} @ {batch}x{d_out})", x.T, g))
+        if i > 1:
+            cases.append((f"gx{i}: g{i} @ W{i}.T ({batch}x{d_out} @ {d_out}x{d_in})", g, W.T))
+    return cases
 
 
 def layouts(a, b):
@@ -171,8 +170,8 @@ def layouts(a, b):
 class GemmFloor:
     """Per-call sgemm times for the step's products, in each layout; one :meth:`measure` per repeat."""
 
-    def __init__(self):
-        self.cases = [(name, a, b, layouts(a, b)) for name, a, b in gemm_cases()]
+    def __init__(self, sizes=SIZES):
+        self.cases = [(name, a, b, layouts(a, b)) for name, a, b in gemm_cases(sizes=sizes)]
         self.number = {(name, k): common.calls_for(f, 0.03) for name, _, _, fs in self.cases for k, f in fs.items()}
         self.times = {key: [] for key in self.number}
 
@@ -204,6 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="time xpgrad and the GEMM floor only")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for NumPy's BLAS (via threadpoolctl) and for PyTorch (default: all cores)")
+    p.add_argument("--hidden", type=lambda s: tuple(int(w) for w in s.split(",")), default=SIZES[1:-1],
+                   help="hidden widths, e.g. 512,256 for a 784-512-256-10 model (default: 100)")
     args = p.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -217,25 +218,27 @@ def run(args) -> int:
     print(f"machine: {common.machine_line(facts)}")
 
     dataset = get_dataset(args.data)
-    trainer = make_trainer(dataset)
+    trainer = make_trainer(dataset, args.hidden)
+    sizes = (SIZES[0], *args.hidden, SIZES[-1])
     assert trainer.n_train == N_TRAIN and trainer.batch_size == BATCH
     run_torch = None if args.no_torch else TorchEpoch(trainer, args.threads)
-    gemm = GemmFloor()
+    gemm = GemmFloor(sizes)
     first, xp_runs, torch_runs, floors = measure(trainer, run_torch, gemm, args.repeats)
     gemms = gemm.table_rows()
-    assert sum(g["flops"] for g in gemms) == flops_per_sample() * BATCH
+    assert sum(g["flops"] for g in gemms) == flops_per_sample(sizes) * BATCH
 
-    print(f"\ndata: {dataset.name}, {N_TRAIN} samples, batch {BATCH}, float32, SGD lr {LR}, "
+    print(f"\ndata: {dataset.name}, {N_TRAIN} samples, model {'-'.join(map(str, sizes))}, batch {BATCH}, float32, "
+          f"SGD lr {LR}, "
           f"{trainer.steps_per_epoch} steps, {args.threads} BLAS/PyTorch threads; {args.repeats} timed epochs after 1 warm-up; "
           f"xpgrad, PyTorch and the GEMMs take turns\n")
-    result = report(gemms, first, xp_runs, torch_runs, floors)
+    result = report(gemms, first, xp_runs, torch_runs, floors, sizes)
     targets = report_targets(result)
     paths = common.write_results("cpu_epoch", {
         "machine": facts,
-        "setup": {"data": dataset.name, "samples": N_TRAIN, "batch": BATCH, "sizes": SIZES, "dtype": "float32",
+        "setup": {"data": dataset.name, "samples": N_TRAIN, "batch": BATCH, "sizes": sizes, "dtype": "float32",
                   "optimizer": "sgd", "lr": LR, "repeats": args.repeats, "threads": args.threads},
-        "flops": {"per_sample": flops_per_sample(), "epoch": flops_per_sample() * N_TRAIN,
-                  "formula": "N * 2*(2*784*100 + 3*100*10): forward + gW for both layers + gx for layer 2"},
+        "flops": {"per_sample": flops_per_sample(sizes), "epoch": flops_per_sample(sizes) * N_TRAIN,
+                  "formula": "N * (forward + gW for every layer + gx for every layer but the first)"},
         "gemms": gemms, "first_epoch": first, "results": result, "targets": targets,
     }, args.json)
     print(f"\nwrote {', '.join(paths)}")
@@ -255,9 +258,9 @@ def measure(trainer, run_torch, gemm, repeats):
     return first, xp_runs, torch_runs, floors
 
 
-def report(gemms, first, xp_runs, torch_runs, floors) -> dict:
+def report(gemms, first, xp_runs, torch_runs, floors, sizes=SIZES) -> dict:
     """Print the GEMM and epoch tables; return the summaries."""
-    epoch_flops = flops_per_sample() * N_TRAIN
+    epoch_flops = flops_per_sample(sizes) * N_TRAIN
     xp_s = common.summarize([r["seconds"] for r in xp_runs])
     floor_s = common.summarize([f["best_layout"] for f in floors])
     floor_laid_s = common.summarize([f["as_laid_out"] for f in floors])
@@ -266,7 +269,7 @@ def report(gemms, first, xp_runs, torch_runs, floors) -> dict:
         ["GEMM (float32, NumPy)", "as xpgrad lays it out: per call (min–max)", "GFLOP/s", "best layout", "GFLOP/s"],
         [[g["gemm"], common.fmt_spread(g["layouts"]["as laid out"]), f"{g['gflops_as_laid_out']:.1f}",
           g["best_layout"], f"{g['gflops_best']:.1f}"] for g in gemms]))
-    print(f"\nepoch FLOPs = 60 000 x 2*(2*784*100 + 3*100*10) = {epoch_flops / 1e9:.2f} GFLOP; "
+    print(f"\nepoch FLOPs = 60 000 x {flops_per_sample(sizes)} = {epoch_flops / 1e9:.2f} GFLOP; "
           f"GEMM floor (best layout) {common.fmt_spread(floor_s)} = {epoch_flops / floor_s['median'] / 1e9:.1f} GFLOP/s; "
           f"as laid out {common.fmt_spread(floor_laid_s)}\n")
     floor = floor_s["median"]

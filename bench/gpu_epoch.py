@@ -43,7 +43,7 @@ import numpy
 
 from bench import common, turns
 from bench.cpu_epoch import get_dataset
-from bench.steps import count_kernels, fixed_steps
+from bench.steps import compare_gemm_settings, count_kernels, describe_nodes, fixed_steps
 from xpgrad.data import Dataset
 from xpgrad.training import Config, Trainer
 
@@ -141,6 +141,9 @@ def summary_fields(records, reasons, steps, kernels, diffs, notes) -> dict:
         if count is None and not any(f"kernels_per_step.{name}" in n or n.startswith("kernels_per_step:")
                                      for n in out["notes"]):
             out["notes"].append(f"kernels_per_step.{name}: not counted ({null_reason(name, records, reasons)})")
+    graph_nodes = kernels.get("xpgrad_graph (graph nodes)")
+    if graph_nodes and "nodes" in graph_nodes:
+        out["notes"].append(f"kernels_per_step.xpgrad_graph: {describe_nodes(graph_nodes)}")
     diff = diffs.get("xpgrad_graph")
     out["graph_vs_eager_max_rel_param_diff"] = diff
     if diff is None:
@@ -180,8 +183,27 @@ def report(records, reasons, steps, diffs, fixed, kernels) -> None:
                                     [[name, common.fmt_spread(s)] for name, s in fixed.items()]))
     if kernels:
         print()
-        print(common.markdown_table(["kernels per step", "count"],
-                                    [[name, f"{k['kernels']:g}"] for name, k in kernels.items()]))
+        print(common.markdown_table(["kernels per step", "count", "by owner"],
+                                    [[name, f"{k['kernels']:g}", _owner_words(k)] for name, k in kernels.items()]))
+
+
+def _owner_words(counted: dict) -> str:
+    return ", ".join(f"{owner} {n:g}" for owner, n in counted.get("by_owner", {}).items() if n)
+
+
+def report_gemm_settings(settings: dict) -> None:
+    """Print the graph step under each cuBLAS setting: its nodes and replay time."""
+    if not settings:
+        return
+    rows = [[label, " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(none)", r["nodes"]["kernels"],
+             _owner_words(r["nodes"]), ", ".join(f"{k} {n}" for k, n in r["nodes"]["node_types"].items()
+                                                 if k != "KERNEL") or "none", common.fmt_spread(r["step"])]
+            for label, r in settings.items()]
+    print()
+    print(common.markdown_table(["cuBLAS setting", "environment", "kernel nodes", "by owner", "other nodes",
+                                 "graph step on a fixed batch"], rows))
+    for label, r in settings.items():
+        print(f"note: graph nodes, {label}: {describe_nodes(r['nodes'])}")
 
 
 def targets(summary) -> dict:
@@ -239,6 +261,14 @@ def measure(args, dataset, config, trainer_class, deadline, save) -> dict:
     else:
         notes.append("kernels_per_step: not counted, the time budget ran out")
     m["summary"] = summary_fields(records, reasons, m["steps"], m["kernels"], diffs, notes)
+    save(m)
+    m["gemm_settings"] = {}
+    if on_gpu and "xpgrad_graph" in impls and deadline.allows(30):  # last: the summary's figures are saved
+        m["gemm_settings"] = compare_gemm_settings(
+            lambda: trainer_class(config, dataset, device=args.device, progress=False, graph="on"), 3, notes)
+    elif on_gpu:
+        notes.append("gemm settings: not compared (no xpgrad_graph, or the time budget ran out)")
+    m["summary"] = summary_fields(records, reasons, m["steps"], m["kernels"], diffs, notes)
     return m
 
 
@@ -259,6 +289,7 @@ def payload(facts, args, dataset, config, m, goals) -> dict:
                         for n, r in m["records"].items()},
             "info": {n: getattr(i, "info", dict)() for n, i in m["impls"].items()}, "unavailable": m["reasons"],
             "param_diff_vs_xpgrad_eager": m["diffs"], "fixed_steps": m["fixed"], "kernels": m["kernels"],
+            "gemm_settings": m.get("gemm_settings", {}),
             "summary": m["summary"], "targets": goals}
 
 
@@ -288,6 +319,7 @@ def main(argv=None, trainer_class=Trainer) -> int:
     print(f"data: {dataset.name}, {m['n_train']} samples, default recipe (Adam, cosine, batch {config.batch_size}, "
           f"hidden {config.hidden}), float32; {m['repeats']} timed epochs after 1 each, in turns\n")
     report(m["records"], m["reasons"], m["steps"], m["diffs"], m["fixed"], m["kernels"])
+    report_gemm_settings(m["gemm_settings"])
     print()
     for note in m["summary"]["notes"]:
         print(f"note: {note}")

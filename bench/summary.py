@@ -11,6 +11,11 @@ number or ``null``, and every ``null`` is explained by a note that starts
 with its path or a parent's, several separated by commas
 (``epoch_ms.jax_scan, step_us.jax_scan: ...``). :func:`validate` checks both;
 the command exits 1 (after writing) when the summary breaks the schema.
+
+A step's JSON that cannot be read (cut short by a kill, not JSON, not an
+object) or lacks what the summary reads loses only that step's figures:
+they are null, with a note saying so, and results.json lists the file under
+``unreadable``.
 """
 
 from __future__ import annotations
@@ -117,10 +122,34 @@ def device_name(results: dict) -> str:
 
 
 def _step_words(results: dict, label: str) -> str:
+    unreadable = results.get("unreadable", {}).get(label)
+    if unreadable:
+        return f"the {label} step's JSON could not be read ({unreadable})"
     for step in results.get("steps", []):
         if step["step"] == label:
+            if step["status"] == "skipped":
+                return f"the {label} step was skipped ({step['note']})"
             return f"the {label} step ended {step['status']} after {step['seconds']} s"
     return f"the {label} step did not run"
+
+
+def _note_list(notes) -> list:
+    if not isinstance(notes, list):
+        raise TypeError(f"notes are a {type(notes).__name__}, not a list")
+    return notes
+
+
+def _section(results: dict, label: str, fill, notes: list) -> None:
+    """``fill(results[label])``; a JSON that lacks what ``fill`` reads counts as unreadable, and ``fill({})``
+    then writes the nulls, with notes that say why."""
+    start = len(notes)
+    try:
+        fill(results.get(label) or {})
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        del notes[start:]
+        what = f"no {exc} in it" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        results.setdefault("unreadable", {})[label] = what[:300]
+        fill({})
 
 
 def build_summary(results: dict, date: str | None = None, commit: str | None = None) -> dict:
@@ -132,47 +161,65 @@ def build_summary(results: dict, date: str | None = None, commit: str | None = N
     summary = {"device": device_name(results),
                "date": date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "commit": commit}
-    epoch = (results.get("gpu_epoch") or {}).get("summary")
-    if epoch:
-        for key in ("epoch_ms", "step_us", "kernels_per_step", "graph_vs_eager_max_rel_param_diff"):
-            summary[key] = epoch[key]
-        notes += epoch["notes"]
-    else:
-        why = _step_words(results, "gpu_epoch")
+    epoch_keys = ("epoch_ms", "step_us", "kernels_per_step", "graph_vs_eager_max_rel_param_diff")
+
+    def fill_epoch(result):
+        epoch = result.get("summary")
+        if epoch:
+            summary.update({key: epoch[key] for key in epoch_keys})
+            notes.extend(_note_list(epoch["notes"]))
+            return
         summary.update(epoch_ms=dict.fromkeys(IMPLS), step_us=dict.fromkeys(IMPLS),
                        kernels_per_step={"xpgrad_graph": None, "torch_eager": None},
                        graph_vs_eager_max_rel_param_diff=None)
-        notes.append(f"epoch_ms, step_us, kernels_per_step, graph_vs_eager_max_rel_param_diff: {why}")
-    share, why = row_kernel_share(results.get("gpu_kernels"))
-    summary["row_kernels_copy_share_min"] = share
-    if why:
-        notes.append(f"row_kernels_copy_share_min: {why} ({_step_words(results, 'gpu_kernels')})")
-    e2e = results.get("e2e") or {}
-    summary["e2e_seconds"], summary["e2e_test_accuracy"] = {}, {}
-    for who in ("xpgrad", "torch"):
-        run = e2e.get(who) or {}
-        summary["e2e_seconds"][who] = run.get("seconds")
-        summary["e2e_test_accuracy"][who] = run.get("test_accuracy")
-        if run.get("seconds") is None or run.get("test_accuracy") is None:
-            why = run.get("note") or _step_words(results, "e2e")
-            notes.append(f"e2e_seconds.{who}, e2e_test_accuracy.{who}: {why}")
-    notes += e2e.get("notes", [])
+        notes.append(f"{', '.join(epoch_keys)}: {_step_words(results, 'gpu_epoch')}")
+
+    def fill_kernels(result):
+        share, why = row_kernel_share(result)
+        summary["row_kernels_copy_share_min"] = share
+        if why:
+            notes.append(f"row_kernels_copy_share_min: {why} ({_step_words(results, 'gpu_kernels')})")
+
+    def fill_e2e(e2e):
+        summary["e2e_seconds"], summary["e2e_test_accuracy"] = {}, {}
+        for who in ("xpgrad", "torch"):
+            run = e2e.get(who) or {}
+            summary["e2e_seconds"][who] = run.get("seconds")
+            summary["e2e_test_accuracy"][who] = run.get("test_accuracy")
+            if run.get("seconds") is None or run.get("test_accuracy") is None:
+                notes.append(f"e2e_seconds.{who}, e2e_test_accuracy.{who}: "
+                             f"{run.get('note') or _step_words(results, 'e2e')}")
+        notes.extend(_note_list(e2e.get("notes", [])))
+
+    _section(results, "gpu_epoch", fill_epoch, notes)
+    _section(results, "gpu_kernels", fill_kernels, notes)
+    _section(results, "e2e", fill_e2e, notes)
     summary["notes"] = notes
     return {key: summary[key] for key in SCHEMA}
 
 
 def read_work(work: str) -> dict:
     """Every ``<label>.json`` in ``work``, and the steps from ``steps.txt``, as one dict."""
-    results = {"steps": []}
+    results = {"steps": [], "unreadable": {}}
     steps = os.path.join(work, "steps.txt")
     if os.path.exists(steps):
         for line in open(steps):
             if line.strip():
-                name, status, seconds, note = (line.split() + [""] * 4)[:4]
+                name, status, seconds, note = (line.strip().split(maxsplit=3) + [""] * 4)[:4]
                 results["steps"].append({"step": name, "status": status, "seconds": int(seconds), "note": note})
     for path in sorted(glob.glob(os.path.join(work, "*.json"))):
-        with open(path) as f:
-            results[os.path.basename(path)[:-5]] = json.load(f)
+        label = os.path.basename(path)[:-5]
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+            if not isinstance(value, dict):
+                raise ValueError(f"a JSON {type(value).__name__}, not an object")
+        except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            results["unreadable"][label] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"bench.summary: {os.path.basename(path)} cannot be read ({results['unreadable'][label]}); "
+                  "its figures are null", file=sys.stderr)
+            continue
+        results[label] = value
     return results
 
 

@@ -9,6 +9,9 @@ xpgrad.
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy
 
 try:
@@ -109,3 +112,32 @@ def compile_cuda_source(source: str, options: tuple[str, ...], *, arch: str = "9
     except cuda_compiler.CompileException as exc:
         raise KernelCompileError(str(exc)) from None
     raise ValueError(f"unknown compiler {compiler!r}; use 'nvrtc' or 'nvcc'")
+
+
+_USED = re.compile(r"Used (\d+) registers")
+_LOCAL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def ptxas_report(source: str, options: tuple[str, ...], *, arch: str = "90") -> dict:
+    """What ptxas reports (``-Xptxas -v``) when NVRTC compiles ``source`` for ``sm_<arch>``, summed over its functions.
+
+    ``{"registers": the most any function uses, "stack_frame", "spill_stores", "spill_loads": bytes of local
+    memory}``; local memory is what a kernel that runs out of registers spills to. Raises
+    :class:`KernelCompileError` on a compile error, or when the log has no such report (so a changed log
+    format cannot read as "no spills").
+    """
+    _require_cupy()
+    from cupy.cuda import compiler as cuda_compiler  # noqa: PLC0415
+
+    options = tuple(options) + (f"-arch=sm_{arch}", "--device-as-default-execution-space", "-Xptxas", "-v")
+    log = io.StringIO()
+    try:
+        cuda_compiler._NVRTCProgram(source, "kern.cu", method="cubin").compile(options, log_stream=log)
+    except cuda_compiler.CompileException as exc:
+        raise KernelCompileError(str(exc)) from None
+    text = log.getvalue()
+    used, local = [int(n) for n in _USED.findall(text)], [tuple(map(int, m)) for m in _LOCAL.findall(text)]
+    if not used or not local:
+        raise KernelCompileError(f"no register report in ptxas's log: {text!r}")
+    frame, stores, loads = (sum(column) for column in zip(*local))
+    return {"registers": max(used), "stack_frame": frame, "spill_stores": stores, "spill_loads": loads}

@@ -2,8 +2,11 @@
 and every implementation's training step against xpgrad's (no timing is asserted here)."""
 
 import argparse
+import collections
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench import e2e, gpu_epoch, scaling, softmax_log, steps, summary, tensor_epoch, torch_variants, turns
-from xpgrad import Tensor, functional, no_grad
+from xpgrad import Tensor, backend, functional, no_grad
 from xpgrad.graphstep import GraphStep
 from xpgrad.training import Config, Trainer
 
@@ -93,8 +96,126 @@ def test_summary_command_writes_both_files(tmp_path):
         "step": "e2e", "status": "fail", "seconds": 3, "note": "exit=1"}
 
 
+@pytest.mark.parametrize("content, why", [('{"summary": {"epoch_ms": {"xpgrad_gr', "JSONDecodeError"),
+                                           ("\x00\xff garbage", "Decode"), ("[1, 2]", "not an object"),
+                                           ('{"summary": {"notes": []}}', "no 'epoch_ms' in it")])
+def test_a_broken_step_json_loses_only_its_own_figures(tmp_path, content, why):
+    """A gpu_epoch.json cut short by a kill (or not JSON, or not the JSON the summary reads): its figures are
+    null with a note saying why, and the other steps' figures are kept."""
+    work, results = tmp_path / "work", fake_results()
+    work.mkdir()
+    (work / "gpu_epoch.json").write_bytes(content.encode("latin-1"))
+    for label in ("gpu_kernels", "e2e"):
+        (work / f"{label}.json").write_text(json.dumps(results[label]))
+    (work / "steps.txt").write_text("gpu_epoch timeout 130 exit=124\ngpu_kernels pass 20 exit=0\ne2e pass 30 exit=0\n")
+    code = summary.main(["--work", str(work), "--results", str(tmp_path / "results.json"),
+                         "--summary", str(tmp_path / "summary.json")])
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary.validate(written) == []
+    assert set(written["epoch_ms"].values()) == {None} and written["kernels_per_step"]["xpgrad_graph"] is None
+    assert written["row_kernels_copy_share_min"] == 0.71 and written["e2e_seconds"]["xpgrad"] == 2.5
+    note = next(n for n in written["notes"] if n.startswith("epoch_ms"))
+    assert "gpu_epoch step's JSON could not be read" in note and why in note
+    assert why in json.loads((tmp_path / "results.json").read_text())["unreadable"]["gpu_epoch"]
+
+
 def test_gpu_check_script_parses():
     assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
+
+
+def run_gpu_check(tmp_path, **env):
+    """bench/gpu_check.sh as a GPU session runs it, its output folder as (tables.md sections, results, summary)."""
+    out = tmp_path / "out"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
+    full_env.update({"OUT": str(out), "PYTHONPATH": str(ROOT), "XPGRAD_COMMIT": "test", "PYTHON": sys.executable,
+                     "XPGRAD_GPU_DATA": str(tmp_path / "no-data"), **env})
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    sections = {}
+    for part in (out / "tables.md").read_text().split("\n## ")[1:]:
+        head, _, body = part.partition("\n")
+        name, _, status = head.partition(": ")
+        assert name not in sections, f"two headings for {name}"
+        sections[name] = (status, [line for line in body.splitlines() if line.strip()])
+    results = json.loads((out / "results.json").read_text())
+    written = json.loads((out / "summary.json").read_text())
+    assert summary.validate(written) == []
+    assert [s["step"] for s in results["steps"]] == results["plan"]["order"] == [n for n in sections if n != "summary"]
+    return sections, results, written
+
+
+def test_the_gpu_checks_time_limits_fit_its_budget_with_the_summarys_inputs_first(tmp_path):
+    _, results, _ = run_gpu_check(tmp_path, GPU_CHECK_DRY_RUN="1", GPU_CHECK_BUDGET="0")
+    plan = results["plan"]
+    assert plan["limits"] + plan["margin"] <= 450  # the default budget, of the caller's 480 s
+    order = plan["order"]
+    assert order.index("gpu_epoch") < order.index("e2e") < order.index("gpu_kernels") < order.index("pytest-gpu")
+    assert order.index("pytest-gpu") < min(order.index("scaling"), order.index("tensor_epoch"))
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="a dry run needs a machine without a usable GPU")
+def test_the_gpu_check_dry_run_skips_every_gpu_step_with_its_reason(tmp_path):
+    start = time.monotonic()
+    sections, results, written = run_gpu_check(tmp_path, GPU_CHECK_DRY_RUN="1")
+    assert time.monotonic() - start < 60
+    assert results["plan"]["dry_run"] is True and results["plan"]["order"][2:4] == ["gpu_epoch", "e2e"]
+    for step in results["steps"]:
+        assert step["status"] == "skipped", step
+        why = "no data at" if step["step"] == "e2e" else "dry run: "
+        assert step["note"].startswith(why) and sections[step["step"]][0].startswith(f"skipped ({why}")
+        assert len(sections[step["step"]][1]) == 1, sections[step["step"]]  # the command, no output
+    assert set(written["epoch_ms"].values()) == {None} and written["commit"] == "test"
+    assert any(n.startswith("epoch_ms") and "gpu_epoch step was skipped (dry run: no GPU" in n
+               for n in written["notes"])
+
+
+STAND_IN_PYTHON = """#!/bin/sh
+# A stand-in interpreter for bench/gpu_check.sh: every module run with -m prints one table line that names it;
+# gpu_epoch leaves a JSON cut short; bench.summary is the real one.
+module=""; json=""; previous=""
+for a in "$@"; do
+    [ "$previous" = "-m" ] && module=$a
+    [ "$previous" = "--json" ] && json=$a
+    previous=$a
+done
+[ "$module" = bench.summary ] && exec {python} "$@"
+echo "| $module | stand-in |"
+[ "$module" = bench.gpu_epoch ] && printf '{{"summary": {{"epoch_ms": ' >"$json"
+exit 0
+"""
+
+
+def test_gpu_check_puts_each_steps_tables_under_its_own_heading(tmp_path):
+    """With stand-ins for the GPU's commands: a step skipped after one that printed tables gets none of them,
+    and a step's cut-short JSON costs only its own figures."""
+    bin_dir, data = tmp_path / "bin", tmp_path / "data"
+    bin_dir.mkdir()
+    data.mkdir()
+    (bin_dir / "python").write_text(STAND_IN_PYTHON.format(python=sys.executable))
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'a stand-in GPU'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    sections, results, written = run_gpu_check(
+        tmp_path, PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}:{os.environ['PATH']}",
+        XPGRAD_GPU_DATA=str(data), GPU_CHECK_SKIP="gpu_kernels")
+    ran = {"gpu_epoch", "e2e", "scaling", "tensor_epoch"}
+    for name in ran:
+        assert sections[name][0].startswith("pass") and f"| bench.{name} | stand-in |" in sections[name][1]
+        assert [line for line in sections[name][1] if line.startswith("|")] == [f"| bench.{name} | stand-in |"]
+    assert sections["gpu_kernels"] == ("skipped (named in GPU_CHECK_SKIP)", ["`bench.gpu_kernels`"])
+    assert sections["pytest-gpu"][0].startswith("pass") and not any("|" in line for line in sections["pytest-gpu"][1])
+    assert "JSONDecodeError" in results["unreadable"]["gpu_epoch"]
+    assert any("gpu_epoch step's JSON could not be read" in n for n in written["notes"])
+
+
+def test_gpu_check_skips_every_step_once_the_budget_is_spent(tmp_path):
+    sections, results, written = run_gpu_check(tmp_path, GPU_CHECK_DRY_RUN="1", GPU_CHECK_BUDGET="24")
+    timed = [s for s in results["steps"] if s["step"] != "e2e"]  # e2e: skipped for its data before its time
+    assert {s["status"] for s in timed} == {"skipped"}
+    assert all(s["note"].startswith("time budget spent") for s in timed)
+    assert all(sections[s["step"]][0].startswith("skipped (time budget spent") for s in timed)
+    assert any("gpu_epoch step was skipped (time budget spent" in n for n in written["notes"])
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +289,76 @@ label="graph_1" graph[style="dashed"];
 }"""
     counted = steps.count_nodes(dot)
     assert counted["kernels"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEMSET": 1}
+    assert counted["nodes"] == [["KERNEL", "xpgrad_relu_bwd"], ["MEMSET", ""], ["KERNEL", "sgemm"]]
+    assert counted["by_owner"] == {"xpgrad": 1, "cublas": 1, "cublas_reduce": 0, "cupy": 0, "other": 0}
+
+
+def test_the_nodes_of_a_real_graph_dump_are_read_with_their_names():
+    """The head of the default step's graph as the H200 recorded it (turn 2): its nodes in the verbose format
+    of CUDA 13 (the dump is cut inside the fourth node, which is not counted)."""
+    recorded = json.loads((ROOT / "bench/results/gpu-h200-2026-11-27-graph/results.json").read_text())
+    counted = steps.count_nodes(recorded["gpu_epoch"]["launches"]["fused (graph nodes)"]["dot_head"])
+    assert counted["nodes"] == [["KERNEL", "cupy_take"], ["KERNEL", "cupy_take"], ["MEM_ALLOC", ""]]
+    assert counted["by_owner"]["cupy"] == 2 and counted["node_types"] == {"KERNEL": 2, "MEM_ALLOC": 1}
+    assert "2 kernel nodes (2 cupy); other nodes: MEM_ALLOC 1" in steps.describe_nodes(counted)
+
+
+@pytest.mark.parametrize("name, owner", [
+    ("xpgrad_softmax_xent_step_float32_int32", "xpgrad"), ("cupy_add", "cupy"), ("cupy_sum", "cupy"),
+    ("_ZN7cutlass7Kernel2I42cutlass_80_simt_sgemm_128x32_8x5_nn_align1EEvNT_6ParamsE", "cublas"),
+    ("_Z20splitKreduce_kernelILi32ELi16EiffffLb1ELb0ELb0EEv18cublasSplitKParamsIT4_EPKT2_S5_PS2_PKS3_S8_",
+     "cublas_reduce"),
+    ("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "cublas"), ("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n", "cublas"),
+    ("some_other_kernel", "other")])
+def test_kernels_are_put_down_to_their_owners(name, owner):
+    assert steps.kernel_owner(name) == owner
+
+
+def test_the_cpu_launch_count_speaks_the_same_words():
+    """tests/launch_count.py's names of the default step: 5 xpgrad kernels, 5 cuBLAS gemms, 2 CuPy kernels."""
+    from .test_graphstep import DEFAULT_STEP
+
+    owners = collections.Counter(steps.kernel_owner(name) for name in DEFAULT_STEP)
+    assert owners == {"xpgrad": 5, "cublas": 5, "cupy": 2}
+    assert steps.xpgrad_kernel("xpgrad_gather_batch_float32_int64") == "xpgrad_gather_batch"
+
+
+class RecordingTrainer:
+    """What compare_gemm_settings needs of a Trainer, with a graph that says which environment it was made in."""
+
+    batch_size, n_train = 2, 4
+
+    def __init__(self, fail=False):
+        self.seen = dict(os.environ)
+        self.calls, self.fail = [], fail
+        self.batches = type("B", (), {"begin_epoch": lambda self, order: None})()
+        self.device = type("D", (), {"synchronize": lambda self: None})()
+
+    def _training_steps(self):
+        return [lambda: self.calls.append(1)]
+
+    def captured_graphs(self):
+        if self.fail:
+            return []
+        kernel = "splitKreduce_kernel" if "XPGRAD_CUBLAS_WORKSPACE" not in self.seen else "sgemm"
+        dot = f'"n0"[shape="record" label="{{KERNEL\\n| {{ID | 0 | {kernel}}}}}"];'
+        return [type("G", (), {"debug_dot_str": lambda self, flags: dot})()]
+
+
+def test_the_gemm_settings_are_recorded_each_in_its_environment(monkeypatch, capsys):
+    monkeypatch.delenv("XPGRAD_CUBLAS_WORKSPACE", raising=False)
+    notes = []
+    out = steps.compare_gemm_settings(RecordingTrainer, 1, notes)
+    assert list(out) == list(steps.GEMM_SETTINGS) and notes == []
+    assert out["default"]["nodes"]["by_owner"]["cublas_reduce"] == 1
+    assert out["workspace 16 KiB"]["nodes"]["by_owner"] == {**dict.fromkeys(steps.OWNERS, 0), "cublas": 1}
+    assert "XPGRAD_CUBLAS_WORKSPACE" not in os.environ and "XPGRAD_GEMM_ALGO" not in os.environ
+    gpu_epoch.report_gemm_settings(json.loads(json.dumps(out)))  # as the GPU run prints it
+    printed = capsys.readouterr().out
+    assert "| workspace 16 KiB | XPGRAD_CUBLAS_WORKSPACE=16384 | 1 | cublas 1 | none |" in printed
+    assert "note: graph nodes, default: 1 kernel nodes (1 cublas_reduce)" in printed
+    out = steps.compare_gemm_settings(lambda: RecordingTrainer(fail=True), 1, notes)
+    assert out == {} and len(notes) == len(steps.GEMM_SETTINGS) and "recorded no graph" in notes[0]
 
 
 # ---------------------------------------------------------------------------

@@ -113,6 +113,50 @@ def test_raw_kernel_compiles_with_nvrtc(spec, binding):
     assert kernel_source.compile_cuda_source(source, kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH, compiler="nvrtc")
 
 
+def _local_memory(report: dict) -> int:
+    return report["stack_frame"] + report["spill_stores"] + report["spill_loads"]
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("spec, binding", _raw_cases())
+def test_raw_kernel_keeps_to_its_registers(spec, binding):
+    """No local memory: a launch bound that asks for more blocks per SM than the kernel's registers allow makes
+    ptxas spill to local memory (``__launch_bounds__(256, 8)`` caps a kernel at 32 registers)."""
+    report = kernel_source.ptxas_report(spec.source(binding), kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH)
+    assert _local_memory(report) == 0, f"{spec.kernel_name(binding)} spills on sm_{ARCH}: {report}"
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("spec, binding, contiguous, index_32_bits",
+                         [c for c in _cases() if c.id.endswith("-flat32")])
+def test_kernel_keeps_to_its_registers(spec, binding, contiguous, index_32_bits):
+    source, options = _source(spec, binding, contiguous, index_32_bits)
+    assert _local_memory(kernel_source.ptxas_report(source, options, arch=ARCH)) == 0
+
+
+@needs_nvrtc
+def test_a_kernel_held_to_too_few_registers_is_seen_to_spill():
+    """The check can fail: ReLU backward's column sums need 64-80 registers; held to 32, they spill."""
+    good = kernels.KERNELS["xpgrad_bias_relu_bwd"]
+    assert "__launch_bounds__(XPGRAD_THREADS)" in good.code
+    squeezed = kernels.RawKernelSpec(name="xpgrad_squeezed", prelude=good.prelude,
+                                     code=good.code.replace("__launch_bounds__(XPGRAD_THREADS)",
+                                                            "__launch_bounds__(XPGRAD_THREADS, 8)"))
+    report = kernel_source.ptxas_report(squeezed.source({"T": "float32"}), kernel_source.RAW_KERNEL_OPTIONS, arch=ARCH)
+    assert report["registers"] <= 32 and report["spill_stores"] > 0 and _local_memory(report) > 0
+
+
+def test_raw_kernels_keep_to_their_registers_on_the_gpu(gpu_xp):
+    """The same, from the kernels as the GPU's own NVRTC builds them (CUDA's function attributes)."""
+    counts = {}
+    for spec in _raw_specs():
+        for binding in _raw_bindings(spec):
+            attributes = spec.build(binding).attributes
+            counts[spec.kernel_name(binding)] = (attributes["num_regs"], attributes["local_size_bytes"])
+    print("registers, local bytes per thread:", counts)
+    assert {name: c for name, c in counts.items() if c[1] > 0} == {}
+
+
 @needs_nvcc
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", _raw_specs(), ids=lambda s: s.name)

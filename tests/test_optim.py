@@ -215,3 +215,22 @@ def test_a_schedule_of_your_own(rng):
         opt.step()
     assert np.array_equal(model.W.data, W0 - (1 + 0.5 + 0.25 + 0.125 + 0.125))
     assert isinstance(SGD(model.parameters(), lr=1.0).schedule, ConstantSchedule)
+
+
+def test_parameters_moved_after_the_optimizer_was_made_are_refused(rng, monkeypatch):
+    """As PyTorch asks: make the optimizer after model.to(...). A flat model cast to another dtype shows it on
+    the CPU; another device is shown by making the parameters look moved."""
+    _, grads, model = _setup(np, rng, np.float32, flat=True)
+    opt = SGD(model.named_parameters(), lr=0.1)
+    model.to(dtype="float64")
+    _give(model, np, grads[0])
+    with pytest.raises(ValueError, match=r"the parameters moved \(to cpu, float64\) after the optimizer was made"):
+        opt.step()
+    _, grads, loose = _setup(np, rng, np.float32, flat=False)
+    opt = SGD(loose.named_parameters(), lr=0.1)
+    on_the_cpu = backend.device_of
+    monkeypatch.setattr(backend, "device_of", lambda a: backend.Device("cuda", 0) if a is loose.b.data else
+                        on_the_cpu(a))
+    _give(loose, np, grads[0])
+    with pytest.raises(ValueError, match="parameter b moved to cuda:0 after the optimizer was made on cpu"):
+        opt.step()

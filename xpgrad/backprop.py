@@ -94,10 +94,19 @@ def _hand(producer, gx, gy, grads) -> None:
     a new array (not a view, not the giving node's own ``gy``, not given to another input as well)."""
     if producer.gy is None:
         producer.gy = gx
-        producer.owned = gx is not gy and gx.base is None and sum(g is gx for g in grads) == 1
+        producer.owned = gx is not gy and gx.base is None and _once(gx, grads)
     else:
         producer.gy = producer.gy + gx
         producer.owned = True
+
+
+def _once(g, grads) -> bool:
+    """Whether ``g`` is exactly one of ``grads`` (by identity: arrays' ``==`` compares elements)."""
+    seen = 0
+    for other in grads:
+        if other is g:
+            seen += 1
+    return seen == 1
 
 
 def _consumers(root) -> dict:

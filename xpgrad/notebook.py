@@ -1,4 +1,4 @@
-"""Everything that is "the notebook": its code, its gradient-check cell, and its loss head.
+"""Everything that is "the notebook": its code, and its gradient-check cell.
 
 * The notebook's classes as it wrote them (``np.`` calls, the (N, C, C)
   softmax Jacobian, no max subtraction), so that tests and benchmarks can
@@ -6,7 +6,6 @@
 * Its "Final Gradient Check" cell run with xpgrad's ops (:func:`chain`, on
   either device), and the same function in PyTorch (:func:`torch_gradients`)
   as the independent autodiff it was checked against.
-* :class:`NotebookHead`, the unfused Softmax -> Log loss of ``--recipe notebook``.
 """
 
 from __future__ import annotations
@@ -171,38 +170,3 @@ def max_relative_difference(grads: dict, reference: dict) -> float:
         got = backend.to_numpy(grads[name])
         worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
     return worst
-
-
-# ---------------------------------------------------------------------------
-# The loss head of --recipe notebook
-
-
-class NotebookHead:
-    """The notebook's unfused Softmax -> Log, with the gradient of the *summed* loss.
-
-    ``forward`` returns the mean loss (what the notebook printed); ``backward``
-    returns ``softmax.backward(log.backward(-onehot))``, as ``myModel.backward`` did.
-    """
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-        self.softmax, self.log = ops.Softmax(), ops.Log()
-        self._onehot = (None, None)
-
-    def _one_hot(self, t, dtype):
-        last_t, last = self._onehot
-        if last_t is t and last.dtype == dtype:  # full-batch training passes the same labels every step
-            return last
-        xp = backend.get_array_module(t)
-        onehot = xp.zeros((t.shape[0], self.num_classes), dtype=dtype)
-        onehot[xp.arange(t.shape[0]), t] = 1
-        self._onehot = (t, onehot)
-        return onehot
-
-    def forward(self, logits, t):
-        self.t = self._one_hot(t, logits.dtype)
-        self.log_prob = self.log.forward(self.softmax.forward(logits))
-        return -(self.log_prob * self.t).sum() / logits.shape[0]
-
-    def backward(self):
-        return self.softmax.backward(self.log.backward(-self.t))

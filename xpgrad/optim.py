@@ -101,6 +101,7 @@ class Optimizer:
                 raise ValueError(f"every parameter must be on one device: {name} is on {t.device}, "
                                  f"{self.names[0]} on {self.device}")
         self.flat = _flat_store(self.tensors)
+        self._flat_data = None if self.flat is None else self.flat.data
         table = [float(lr)] + [float(self.schedule.factor(s)) for s in range(self.schedule.steps + 1)]
         with self.device:
             self._table = self.xp.asarray(numpy.array(table, dtype=numpy.float64))
@@ -152,6 +153,10 @@ class Optimizer:
         ops = get_ops(self.xp)
         flat = self.flat
         if flat is not None:
+            if flat.data is not self._flat_data:
+                raise ValueError(f"the parameters moved (to {backend.device_of(flat.data)}, "
+                                 f"{flat.data.dtype}) after the optimizer was made on {self.device}; "
+                                 "make the optimizer after model.to(...)")
             for t, view in zip(self.tensors, flat.views):
                 if t.data is not view or t.grad is not t._grad_slot:  # else nothing to check
                     flat.check()
@@ -162,6 +167,9 @@ class Optimizer:
         last = len(self.tensors) - 1
         for i, (name, t) in enumerate(zip(self.names, self.tensors)):
             _check_grad(name, t, None)
+            if backend.device_of(t.data) != self.device:
+                raise ValueError(f"parameter {name} moved to {t.device} after the optimizer was made on "
+                                 f"{self.device}; make the optimizer after model.to(...)")
             state = [self.state[s][name] for s in self.state_names]
             self._update(ops, t.data, t.grad, *state, advance=i == last, work=self._scratch[name])
 

@@ -9,6 +9,14 @@ included, although cuBLAS's gemm itself can be captured. So while
 :func:`gemm`, the product of the device-resident training step, always does.
 The call is ``cublasGemmEx`` with the compute type and algorithm CuPy's own
 ``matmul`` passes, so both give the same numbers.
+
+Each call hands cuBLAS a workspace of its own, allocated once per device
+and kept (``cublasSetWorkspace`` after ``cublasSetStream``, which resets it):
+on its default pool, cuBLAS allocates the scratch of a split-K product inside
+a recording, as MEM_ALLOC/MEM_FREE nodes. ``$XPGRAD_CUBLAS_WORKSPACE``
+(bytes) and ``$XPGRAD_GEMM_ALGO`` (a ``cublasGemmAlgo_t``) override the
+workspace's size and the algorithm, read at each call (so a recording keeps
+the values it was recorded with): ``bench.steps`` compares them on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 
 import numpy
 
@@ -30,6 +39,22 @@ _CUBLAS_OP_N, _CUBLAS_OP_T, _CUBLAS_POINTER_MODE_HOST = 0, 1, 0
 # cudaDataType and cublasComputeType_t of float32 and float64 (library_types.h, cublas_api.h)
 _GEMM_TYPES = {numpy.float32: (0, 68), numpy.float64: (1, 70)}
 _CUBLAS_GEMM_DEFAULT, _CUBLAS_GEMM_DEFAULT_TENSOR_OP = -1, 99
+WORKSPACE_ENV, ALGO_ENV = "XPGRAD_CUBLAS_WORKSPACE", "XPGRAD_GEMM_ALGO"
+_MIB = 2**20
+_workspaces = {}  # (device id, bytes) -> the cuBLAS workspace, a CuPy array kept as long as the process
+
+_int, _pointer = ctypes.c_int, ctypes.c_void_p
+#: The cuBLAS functions called here and their parameters' C types, as cublas_api.h declares them (handles,
+#: streams and data are pointers, enums are ints); each returns a cublasStatus_t.
+CUBLAS_SIGNATURES = {
+    "cublasSetStream_v2": (_pointer, _pointer),
+    "cublasSetWorkspace_v2": (_pointer, _pointer, ctypes.c_size_t),
+    "cublasSetPointerMode_v2": (_pointer, _int),
+    "cublasGetPointerMode_v2": (_pointer, ctypes.POINTER(_int)),
+    "cublasGemmEx": (_pointer, _int, _int, _int, _int, _int, _pointer,  # handle, transa, transb, m, n, k, alpha
+                     _pointer, _int, _int, _pointer, _int, _int,  # A, Atype, lda, B, Btype, ldb
+                     _pointer, _pointer, _int, _int, _int, _int),  # beta, C, Ctype, ldc, computeType, algo
+}
 
 
 def matmul(xp, a, b, out=None):
@@ -55,14 +80,14 @@ def _libcublas():
     """cuBLAS's shared library, as CuPy loaded it (dlopen by soname finds the loaded copy)."""
     cupy.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
     major = cupy.cuda.runtime.runtimeGetVersion() // 1000
-    lib = ctypes.CDLL(f"libcublas.so.{major}")
-    c_int, c_void_p = ctypes.c_int, ctypes.c_void_p
-    lib.cublasGemmEx.argtypes = [c_void_p, c_int, c_int, c_int, c_int, c_int, c_void_p,
-                                 c_void_p, c_int, c_int, c_void_p, c_int, c_int,
-                                 c_void_p, c_void_p, c_int, c_int, c_int, c_int]
-    lib.cublasSetStream_v2.argtypes = [c_void_p, c_void_p]
-    lib.cublasSetPointerMode_v2.argtypes = [c_void_p, c_int]
-    lib.cublasGetPointerMode_v2.argtypes = [c_void_p, ctypes.POINTER(c_int)]
+    return declare(ctypes.CDLL(f"libcublas.so.{major}"))
+
+
+def declare(lib):
+    """Give ``lib``'s functions of :data:`CUBLAS_SIGNATURES` their argument and return types; return ``lib``."""
+    for name, argtypes in CUBLAS_SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
     return lib
 
 
@@ -112,28 +137,75 @@ def cublas_gemm(a, b, out=None, *, handle=None):
     # Host scalars, read when the call is made (and so baked into a captured graph).
     one, zero = numpy.ones(1, dtype=a.dtype), numpy.zeros(1, dtype=a.dtype)
     data_type, compute_type = _GEMM_TYPES[a.dtype.type]
+    device = cupy.cuda.Device().id
+    workspace, workspace_size = _workspace(device)
     _cublas_check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
+    # After SetStream, which puts cuBLAS back on its default pool: a recording then has no memory nodes.
+    _cublas_check(lib.cublasSetWorkspace_v2(handle, workspace, workspace_size), "cublasSetWorkspace")
     _cublas_check(lib.cublasSetPointerMode_v2(handle, _CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode")
     _cublas_check(lib.cublasGemmEx(handle, op_b, op_a, n, m, k, one.ctypes.data,
                                    b.data.ptr, data_type, ldb, a.data.ptr, data_type, lda,
                                    zero.ctypes.data, out.data.ptr, data_type, n,
-                                   compute_type, _gemm_algorithm()), "cublasGemmEx")
+                                   compute_type, gemm_algorithm(_compute_capability(device))), "cublasGemmEx")
     return out
 
 
-def _gemm_algorithm() -> int:
-    return _gemm_algorithm_on(cupy.cuda.Device().id)
-
-
 @functools.lru_cache(maxsize=None)
-def _gemm_algorithm_on(device_id: int) -> int:
-    """The algorithm hint CuPy's matmul passes: "tensor op" from compute capability 8.0 on.
+def _compute_capability(device_id: int) -> int:
+    return int(cupy.cuda.Device(device_id).compute_capability)
+
+
+def _env_int(name: str) -> int | None:
+    """The integer in ``$name``, None when it is unset or empty."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer") from None
+
+
+def gemm_algorithm(compute_capability: int) -> int:
+    """The ``algo`` of cublasGemmEx: ``$XPGRAD_GEMM_ALGO``, else the hint CuPy's matmul passes, "tensor op"
+    (99) from compute capability 8.0 on and the default (-1) before.
 
     With the plain float32/float64 compute types cuBLAS still computes in
-    full precision (no TF32) either way.
+    full precision (no TF32) either way. cuBLAS's documentation of
+    cublasGemmAlgo_t notes that the explicit algorithms (0-23, 100-115)
+    have no effect from Ampere on; bench.steps records one to see.
     """
-    major_minor = int(cupy.cuda.Device(device_id).compute_capability)
-    return _CUBLAS_GEMM_DEFAULT_TENSOR_OP if major_minor >= 80 else _CUBLAS_GEMM_DEFAULT
+    algo = _env_int(ALGO_ENV)
+    if algo is not None:
+        return algo
+    return _CUBLAS_GEMM_DEFAULT_TENSOR_OP if compute_capability >= 80 else _CUBLAS_GEMM_DEFAULT
+
+
+def workspace_bytes(compute_capability: int) -> int:
+    """The cuBLAS workspace's size: ``$XPGRAD_CUBLAS_WORKSPACE`` bytes, else what cuBLAS's documentation of
+    cublasSetWorkspace recommends, 32 MiB from Hopper (compute capability 9.0) on and 4 MiB before."""
+    size = _env_int(WORKSPACE_ENV)
+    if size is None:
+        return 32 * _MIB if compute_capability >= 90 else 4 * _MIB
+    if size < 0:
+        raise ValueError(f"{WORKSPACE_ENV}={size} is negative")
+    return size
+
+
+def _workspace(device_id: int) -> tuple[int, int]:
+    """(address, bytes) of the cuBLAS workspace on the current device ``device_id``, allocated on first use.
+
+    :func:`capture_graph` makes sure of it before it records, so a recording
+    never allocates it.
+    One workspace serves every stream of the device, which is safe while the
+    products that use it run in order: xpgrad runs its steps, and replays
+    them, on one stream at a time.
+    """
+    size = workspace_bytes(_compute_capability(device_id))
+    buffer = _workspaces.get((device_id, size))
+    if buffer is None:  # at least 256 bytes, so that even a 0-byte workspace has an aligned, non-null address
+        buffer = _workspaces[device_id, size] = cupy.empty(max(size, 256), dtype=numpy.uint8)
+    return buffer.data.ptr, size
 
 
 @contextlib.contextmanager
@@ -201,6 +273,7 @@ def capture_graph(fn, stream, keep=None):
     require_cupy()
     lib = _libcublas()
     handle = cupy.cuda.device.get_cublas_handle()
+    _workspace(cupy.cuda.Device().id)  # now, should the warm-up not have made a product through cublas_gemm
     mode = ctypes.c_int()
     _cublas_check(lib.cublasGetPointerMode_v2(handle, ctypes.byref(mode)), "cublasGetPointerMode")
     allocate = cupy.cuda.get_allocator()

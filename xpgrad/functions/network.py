@@ -83,8 +83,12 @@ class Linear(Function):
     def backward(self, gy):
         inputs = self.inputs
         out = (None, grad_destination(self, 1), grad_destination(self, 2) if len(inputs) == 3 else None)
-        grads = self.op.backward(gy, out=out[:len(inputs)])
-        return tuple(g if x.requires_grad else None for g, x in zip(grads, inputs))
+        return _needed(self.op.backward(gy, out=out[:len(inputs)]), inputs)
+
+
+def _needed(grads, inputs) -> tuple:
+    """``grads`` with None for each input that needs no gradient."""
+    return tuple([g if x.requires_grad else None for g, x in zip(grads, inputs)])
 
 
 class LinearReLU(Linear):
@@ -101,8 +105,7 @@ class LinearReLU(Linear):
 
     def backward(self, gy):
         out = (None, grad_destination(self, 1), grad_destination(self, 2))
-        grads = self.op.backward(gy, out=out, overwrite_gy=self.owned)
-        return tuple(g if x.requires_grad else None for g, x in zip(grads, self.inputs))
+        return _needed(self.op.backward(gy, out=out, overwrite_gy=self.owned), self.inputs)
 
 
 # ---------------------------------------------------------------------------

@@ -135,9 +135,10 @@ XPGRAD_KERNEL(const T* y, const T* gy, T* gx, T* __restrict__ gb, double* __rest
 # The loss end of a training step, for (N, C) logits z and labels t: gz = (softmax - onehot(t)) / N; the mean
 # loss into loss[0], the batch's summed loss added to loss_sum[0] and its number of correct predictions
 # (argmax == label; the first maximum counts, NaN as the largest) to correct[0]. A thread per row, as a
-# training batch has few. partial: two doubles per block.
+# training batch has few. partial: two doubles per block. A batch fills a block or two, so the kernel may take
+# the registers it wants (1 block per SM): with no minimum, ptxas stopped at 40 (float32) and 48 (float64) and spilled.
 xpgrad_softmax_xent_step = _raw("xpgrad_softmax_xent_step", r"""
-extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS)
+extern "C" __global__ void __launch_bounds__(XPGRAD_THREADS, 1)
 XPGRAD_KERNEL(const T* __restrict__ z, const S* __restrict__ t, T* __restrict__ gz, T* __restrict__ loss,
               T* __restrict__ loss_sum, long long* __restrict__ correct, double* __restrict__ partial,
               unsigned int* __restrict__ ticket, long long N, int C)
