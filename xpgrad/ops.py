@@ -34,6 +34,7 @@ from . import backend, generic
 from .backend import get_array_module, get_ops
 from .backend.graph import matmul
 
+#: The notebook's epsilon: in :class:`Softmax`'s denominator, and in :class:`Log`'s ``log(x + 1e-12)``.
 EPSILON = 1e-12
 
 
@@ -71,7 +72,10 @@ class Matmul(Op):
 
 
 class Linear(Op):
-    """``h = x @ W + b``; ``backward(gy)`` returns ``(gx, gW, gb)``."""
+    """``h = x @ W + b``; ``backward(gy)`` returns ``(gx, gW, gb)``.
+
+    With ``needs_input_grad=False`` ``gx`` is None, as in :class:`Matmul`.
+    """
 
     def __init__(self, needs_input_grad: bool = True):
         super().__init__()
@@ -96,7 +100,8 @@ class Linear(Op):
 
 class LinearReLU(Op):
     """``h = max(x @ W + b, 0)``: :class:`Linear` then :class:`Relu`, with the bias and the ReLU in one pass
-    (one kernel each way on a GPU); ``backward(gy)`` returns ``(gx, gW, gb)``, the same numbers as the two ops'."""
+    (one kernel each way on a GPU); ``backward(gy)`` returns ``(gx, gW, gb)``, the same numbers as the two ops'.
+    With ``needs_input_grad=False`` ``gx`` is None, as in :class:`Matmul`."""
 
     def __init__(self, needs_input_grad: bool = True):
         super().__init__()
@@ -134,6 +139,7 @@ class Relu(Op):
         self.inplace = inplace
 
     def forward(self, x):
+        """``max(x, 0)``, into ``x`` itself when ``inplace``."""
         xp = get_array_module(x)
         y = xp.maximum(x, 0, out=x if self.inplace else None)
         # y > 0 exactly where x > 0, so the output serves the backward pass.
@@ -147,13 +153,14 @@ class Relu(Op):
 
 
 class Softmax(Op):
-    """Row softmax with the notebook's 1e-12 in the denominator, overflow-safe."""
+    """Row softmax with the notebook's 1e-12 (``epsilon``) in the denominator, overflow-safe."""
 
     def __init__(self):
         super().__init__()
         self.epsilon = EPSILON
 
     def forward(self, x):
+        """``exp(x - m) / (sum_j exp(x_j - m) + 1e-12)`` per row of (N, C) ``x``, ``m`` the row max."""
         xp = get_array_module(x)
         e = x - generic.row_max(x)[:, None]
         xp.exp(e, out=e)
@@ -162,6 +169,7 @@ class Softmax(Op):
         return e
 
     def backward(self, gy):
+        """``s * (gy - sum_j gy_j s_j)`` per row: the notebook's Jacobian product, without the (N, C, C) Jacobian."""
         # The notebook built the (N, C, C) Jacobian s_i(delta_ij - s_j) and
         # multiplied by it; contracting it by hand gives the same numbers in
         # O(N*C) time and memory: gx = s * (gy - sum_j gy_j s_j).
@@ -174,18 +182,20 @@ class Softmax(Op):
 
 
 class Log(Op):
-    """``log(x + 1e-12)``, as in the notebook."""
+    """``log(x + 1e-12)``, as in the notebook (``epsilon`` is the 1e-12)."""
 
     def __init__(self):
         super().__init__()
         self.epsilon = EPSILON
 
     def forward(self, x):
+        """``log(x + 1e-12)``, elementwise."""
         xp = get_array_module(x)
         self.mem["x"] = x
         return xp.log(x + self.epsilon)
 
     def backward(self, gy):
+        """``gy / (x + 1e-12)``."""
         return gy / (self.mem["x"] + self.epsilon)
 
 
@@ -196,11 +206,13 @@ class LogSoftmax(Op):
     """
 
     def forward(self, x):
+        """``x - logsumexp(x)`` per row of (N, C) ``x``."""
         y = get_ops(get_array_module(x)).log_softmax_forward(x)
         self.mem["y"] = y
         return y
 
     def backward(self, gy):
+        """``gy - softmax(x) * sum_row(gy)``."""
         y = self.mem["y"]
         return get_ops(get_array_module(y, gy)).log_softmax_backward(y, gy)
 
@@ -228,6 +240,7 @@ class SoftmaxCrossEntropy(Op):
     """
 
     def forward(self, x, t, stats=None, backward=False):
+        """The mean loss of (N, C) logits ``x`` against labels ``t``, a 0-d array (see the class for ``stats``)."""
         xp = get_array_module(x, t)  # the same device, or DeviceError
         if x.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy expects (N, C) logits, got shape {x.shape}")
@@ -266,6 +279,7 @@ class SoftmaxCrossEntropy(Op):
         return cls._step_works[key]
 
     def backward(self, gy=None):
+        """The gradient of ``gy * loss`` with respect to the logits, (N, C): ``(softmax - onehot) / N * gy``."""
         m = self.mem
         if "gx" in m:  # computed by the forward pass
             return m["gx"] if gy is None else m["gx"] * gy

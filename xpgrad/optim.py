@@ -35,6 +35,7 @@ from .backprop import bump_versions
 from .nn import flat as _flat
 from .tensor import Tensor
 
+#: The optimizers by name, as ``--optimizer`` and :func:`make_optimizer` take them.
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
@@ -49,6 +50,7 @@ class Schedule:
     steps = 0
 
     def factor(self, step: int) -> float:
+        """The learning rate's factor for update number ``step + 1`` (``step`` counts from 0)."""
         return 1.0
 
 
@@ -58,7 +60,7 @@ class ConstantSchedule(Schedule):
 
 class CosineSchedule(Schedule):
     """Cosine decay from the learning rate to 0 over ``total_steps`` updates, then 0:
-    ``0.5 * (1 + cos(pi * min(step, total_steps) / total_steps))``."""
+    ``0.5 * (1 + cos(pi * min(step, total_steps) / total_steps))``; ``steps`` is ``total_steps``."""
 
     def __init__(self, total_steps: int):
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -66,6 +68,7 @@ class CosineSchedule(Schedule):
         self.steps = total_steps
 
     def factor(self, step: int) -> float:
+        """``0.5 * (1 + cos(pi * min(step, steps) / steps))``."""
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
 
 
@@ -77,6 +80,11 @@ class Optimizer:
     Tensors are named ``"0"``, ``"1"``, ...), or a
     :class:`~xpgrad.nn.FlatParameters`. All on one device. Unlike PyTorch, a
     parameter without a gradient at ``step()`` is an error rather than skipped.
+
+    ``schedule`` is the :class:`Schedule` (constant when none is given);
+    ``flat`` the parameters' :class:`~xpgrad.nn.FlatParameters` when they are
+    flat (one update for them all), else None; ``state`` the state arrays by
+    state name, then parameter name (``state["m"]["0.weight"]`` for Adam).
     """
 
     #: names of the per-parameter state arrays, e.g. ("velocity",)
@@ -309,8 +317,9 @@ class SGD(Optimizer):
 
 
 class MomentumSGD(Optimizer):
-    """SGD with (heavy-ball) momentum: ``v = momentum * v + g; p -= lr * v``. ``momentum`` is in [0, 1)
-    (PyTorch takes any value >= 0; from 1 on the velocity never decays)."""
+    """SGD with (heavy-ball) momentum ``momentum``: ``v = momentum * v + g; p -= lr * v``; its state
+    (``state_names``) is ``velocity``, ``v``. ``momentum`` is in [0, 1) (PyTorch takes any value >= 0;
+    from 1 on the velocity never decays)."""
 
     state_names = ("velocity",)
 
@@ -324,7 +333,8 @@ class MomentumSGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``; its state (``state_names``) is ``m`` and
+    ``v``, the moving averages of the gradient and of its square."""
 
     state_names = ("m", "v")
 

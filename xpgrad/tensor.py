@@ -41,7 +41,8 @@ class Tensor:
     nested list) becomes a NumPy array: bool, integer or floating-point data,
     and only floating-point data may require gradients. A leaf made with
     ``requires_grad=True`` (a parameter) receives its gradient in ``.grad``
-    after ``backward``, an array like its data, or None before any.
+    after ``backward``, an array like its data, or None before any. ``.creator`` is the
+    :class:`Function` whose output this is (None for a leaf).
 
     Operators ``+ - * / @``, unary ``-`` and ``** number`` broadcast as NumPy
     does, with a Python number or an array allowed on either side.

@@ -135,6 +135,7 @@ def get_ops(xp):
 
 
 def is_cupy_array(a) -> bool:
+    """Whether ``a`` is a CuPy array (False whenever CuPy is not installed)."""
     return cupy is not None and isinstance(a, cupy.ndarray)
 
 
@@ -194,6 +195,7 @@ class Device:
     """A place arrays live: the CPU (NumPy) or one CUDA GPU (CuPy).
 
     Use it as a context manager to make a GPU current while allocating.
+    ``kind`` is ``"cpu"`` or ``"cuda"``; ``index`` the GPU's number (None on the CPU).
     """
 
     def __init__(self, kind: str, index: int | None = None):
@@ -202,10 +204,12 @@ class Device:
 
     @property
     def xp(self):
+        """The array module of this device: ``numpy``, or ``cupy`` for a GPU."""
         return cupy if self.kind == "cuda" else numpy
 
     @property
     def is_gpu(self) -> bool:
+        """Whether this is a CUDA GPU."""
         return self.kind == "cuda"
 
     def __str__(self) -> str:
@@ -245,6 +249,7 @@ class Device:
         return name.decode() if isinstance(name, bytes) else str(name)
 
 
+#: The CPU, where NumPy's arrays live.
 CPU = Device("cpu")
 
 

@@ -76,14 +76,14 @@ class Dataset:
     zcat $f-*.gz | sha256sum | cut -c1-64; done | sha256sum``.
     """
 
-    name: str
-    x_train: np.ndarray  # uint8 (60000, 28, 28); (N, rows, cols) for your own files
-    y_train: np.ndarray  # uint8 (60000,)
-    x_test: np.ndarray  # uint8 (10000, 28, 28)
-    y_test: np.ndarray  # uint8 (10000,)
+    name: str  #: ``mnist``, ``fashion-mnist``, ``kmnist``, or ``idx`` for your own files
+    x_train: np.ndarray  #: uint8 (60000, 28, 28); (N, rows, cols) for your own files
+    y_train: np.ndarray  #: uint8 (60000,)
+    x_test: np.ndarray  #: uint8 (10000, 28, 28)
+    y_test: np.ndarray  #: uint8 (10000,)
     checksum: str
-    num_classes: int = NUM_CLASSES
-    verified: bool = True  # False for your own files: no published checksum to check them against
+    num_classes: int = NUM_CLASSES  #: the largest label plus one for your own files, else 10
+    verified: bool = True  #: False for your own files: no published checksum to check them against
 
 
 def load_dataset(name: str, data_dir: str | None = None, progress: bool = True) -> Dataset:

@@ -27,6 +27,7 @@ from .registry import IMAGE_SHAPE, SPLIT_SIZES, IdxFile
 
 IMAGE_MAGIC = 0x00000803  # ubyte, 3 dims
 LABEL_MAGIC = 0x00000801  # ubyte, 1 dim
+#: The number of classes of the known datasets.
 NUM_CLASSES = 10
 
 FIX = "delete it to re-download, or pass --data-dir with good copies"

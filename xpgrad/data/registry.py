@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from ..errors import DataError
 
+#: The number of images in each split of the known datasets.
 SPLIT_SIZES = {"train": 60000, "test": 10000}
+#: (rows, cols) of the known datasets' images.
 IMAGE_SHAPE = (28, 28)
 
 
@@ -14,11 +16,11 @@ IMAGE_SHAPE = (28, 28)
 class IdxFile:
     """One file of a dataset and what a valid copy of it looks like."""
 
-    fname: str
-    kind: str  # "images" or "labels"
-    count: int  # number of images or labels
-    gz_hash: str  # upstream .gz checksum, as pooch takes it: "sha256:..." or "md5:..."
-    payload_sha256: str | None  # sha256 of the decompressed IDX bytes, where known
+    fname: str  #: the file's name, as upstream names it (``train-images-idx3-ubyte.gz``)
+    kind: str  #: "images" or "labels"
+    count: int  #: number of images or labels
+    gz_hash: str  #: upstream .gz checksum, as pooch takes it: "sha256:..." or "md5:..."
+    payload_sha256: str | None  #: sha256 of the decompressed IDX bytes, where known
 
     @property
     def payload_size(self) -> int:
@@ -35,7 +37,12 @@ class IdxFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset: its four files in a fixed order, and where to download them."""
+    """A dataset: its four files in a fixed order, and where to download them.
+
+    ``name`` is what ``--dataset`` takes; ``mirrors`` the base URLs tried in
+    turn; ``train_images``, ``train_labels``, ``test_images`` and
+    ``test_labels`` the four :class:`IdxFile`.
+    """
 
     name: str
     mirrors: tuple[str, ...]
@@ -46,6 +53,7 @@ class DatasetSpec:
 
     @property
     def files(self) -> tuple[IdxFile, IdxFile, IdxFile, IdxFile]:
+        """The four files, in the order train images, train labels, test images, test labels."""
         return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
 
@@ -59,6 +67,7 @@ def _idx_files(gz_hashes: dict, payload_hashes: dict) -> dict:
     return files
 
 
+#: The known datasets by name: ``mnist``, ``fashion-mnist`` and ``kmnist``.
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -13,12 +15,17 @@ from .. import faults
 from ..errors import DataError, one_line
 from ..files import atomic_write, remove_stale_temps
 from .idx import read_verified
-from .registry import DatasetSpec, IdxFile
+from .registry import DATASETS, DatasetSpec, IdxFile
 
+#: The user cache's root, in place of ``~/.cache/xpgrad`` (each dataset in a folder of its name).
 CACHE_ENV = "XPGRAD_CACHE_DIR"
+#: The system folder's root, in place of :data:`SYSTEM_DATA_DIR`.
 SYSTEM_ENV = "XPGRAD_SYSTEM_DATA_DIR"
+#: A mirror's base URL, tried before the registry's mirrors.
 MIRROR_ENV = "XPGRAD_MIRROR"
-OFFLINE_ENV = "XPGRAD_OFFLINE"  # "1": never download, only use files already on disk
+#: "1": never download, only use files already on disk.
+OFFLINE_ENV = "XPGRAD_OFFLINE"
+#: Where Debian's packages put datasets (``dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``).
 SYSTEM_DATA_DIR = "/usr/share/datasets"
 #: requests' (connect, read) timeouts in seconds; the read one is per chunk, not total.
 DOWNLOAD_TIMEOUT = (10.0, 30.0)
@@ -88,11 +95,67 @@ def _download(spec: DatasetSpec, file: IdxFile, folder: Path, progress: bool,
         try:
             return _fetch(pooch, url, folder / file.fname, file, progress)
         except (OSError, ValueError, DataError) as exc:  # requests' errors are OSErrors
-            tried.append(f"{url} ({exc if isinstance(exc, DataError) else one_line(exc, 200)})")
+            tried.append((url, exc))
+    raise DataError(_not_downloaded(spec, where, folder, tried, skipped))
+
+
+def _not_downloaded(spec: DatasetSpec, where: str, folder: Path, tried: list, skipped: list[str]) -> str:
+    """Why no mirror gave a good copy, in words, and the ways to train without a download: one line."""
+    hosts = [urlparse(url).hostname for url, exc in tried if _caught(exc, socket.gaierror)]
+    if tried and len(hosts) == len(tried):  # not one name resolved: this machine has no network (or no DNS)
+        what = f"no network: could not resolve {' or '.join(dict.fromkeys(hosts))} to download {where}"
+    else:
+        attempts = "; ".join(f"{url} ({_in_words(url, exc)})" for url, exc in tried) or "no mirror"
+        what = f"could not download {where} into {folder}: tried {attempts}"
     found_bad = f"; bad copies skipped: {' | '.join(skipped)}" if skipped else ""
-    raise DataError(f"could not download {where} into {folder}: tried {'; '.join(tried) or 'no mirror'}{found_bad}; "
-                    f"check the network, set {MIRROR_ENV} to a reachable mirror, or pass --data-dir "
-                    "to a folder with the files")
+    return f"{what}{found_bad}; {_ways_forward(spec, folder)}"
+
+
+def _ways_forward(spec: DatasetSpec, folder: Path) -> str:
+    """The ways to train without this download, the one that needs nothing else first."""
+    fashion = system_dir("fashion-mnist")
+    debian = all((fashion / f.fname).is_file() for f in DATASETS["fashion-mnist"].files)
+    if spec.name != "fashion-mnist":
+        ways = ["--dataset fashion-mnist " + (f"(Debian's dataset-fashion-mnist is installed here, in {fashion})"
+                                              if debian else "(after apt-get install dataset-fashion-mnist)")]
+    else:
+        ways = [] if debian else ["apt-get install dataset-fashion-mnist (Debian's copy, found without a download)"]
+    ways.append(f"--data-dir DIR (a folder holding the four {spec.name} files)" if folder == cache_dir(spec.name)
+                else f"the four {spec.name} files put in {folder}")
+    ways.append(f"{MIRROR_ENV}=URL (a mirror you can reach)")
+    return "to train without this download: " + ", ".join(ways[:-1]) + ", or " + ways[-1]
+
+
+def _in_words(url: str, exc: BaseException) -> str:
+    """What went wrong with one mirror, in words (requests wraps the reason in three exceptions)."""
+    host = urlparse(url).hostname
+    if isinstance(exc, DataError):
+        return str(exc)
+    if _caught(exc, socket.gaierror):
+        return f"could not resolve {host}"
+    if _caught(exc, ConnectionRefusedError):
+        return f"{host} refused the connection"
+    if _caught(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+        return f"{host} did not answer in time"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return f"{host} answered HTTP {status}"
+    return one_line(exc, 200)
+
+
+def _caught(exc: BaseException, kind: type) -> bool:
+    """Whether ``exc`` is, or was caused by, a ``kind`` (through causes, contexts and urllib3's ``reason``)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    return False
 
 
 def _fetch(pooch, url: str, target: Path, file: IdxFile, progress: bool) -> tuple[np.ndarray, str]:

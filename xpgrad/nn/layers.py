@@ -107,7 +107,7 @@ class Flatten(Module):
 
 
 class Sequential(Module):
-    """Modules applied in turn: ``Sequential(a, b, c)(x) == c(b(a(x)))``; ``model[i]`` is the i-th.
+    """Modules applied in turn: ``Sequential(a, b, c)(x) == c(b(a(x)))``; ``model[i]`` is the i-th, of ``layers``.
 
     A :class:`Linear` with a bias followed by a :class:`ReLU` runs as one
     :class:`xpgrad.functions.LinearReLU` (the same numbers, in fewer passes).

@@ -11,7 +11,7 @@ from ..optim import OPTIMIZERS
 from .heads import HEADS
 from .modelspec import check_spec
 
-# What each recipe sets; command-line options override single fields.
+#: What each recipe sets (``--recipe``); command-line options override single fields.
 RECIPES = {
     # A modern recipe: He init, standardized inputs, Adam with a cosine decay.
     # On Fashion-MNIST (seeds 0 and 1) 10 epochs gave 88.8-88.9 % test
@@ -35,6 +35,7 @@ RECIPES = {
         input_bias=True, head="notebook", normalize="scale", schedule="constant",
     ),
 }
+#: The dtypes a run may train in (``--dtype``).
 DTYPES = ("float32", "float64")
 NORMALIZATIONS = ("scale", "standardize")
 SCHEDULES = ("constant", "cosine")
@@ -121,6 +122,14 @@ class Config:
 
     ``hidden``, ``init`` and ``input_bias`` shape the built-in ``mlp``; a
     model of your own (``model`` = ``path/to/file.py:NAME``) builds its layers.
+
+    The command line's options: ``model``, ``dataset``, ``recipe``, ``epochs``,
+    ``batch_size`` (0: the whole training set in one batch), ``optimizer``,
+    ``lr``, ``dtype``, ``seed`` and ``threads`` (the BLAS threads the run used;
+    0: not known). What only a recipe sets: ``head`` (``cross_entropy``, fused,
+    or ``notebook``, Softmax then Log), ``normalize`` (``standardize`` or
+    ``scale`` to [0, 1]), ``schedule`` (``cosine`` or ``constant``) and
+    ``momentum`` (for ``--optimizer momentum``).
     """
 
     model: str = "mlp"
@@ -171,6 +180,7 @@ class Config:
         return config
 
     def to_dict(self) -> dict:
+        """The fields as a dict of plain values, as a checkpoint stores them (``from_dict`` reads it back)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d

@@ -45,7 +45,10 @@ def _histogram(x_uint8, chunk: int = 1 << 20):
 
 
 class Inputs:
-    """How uint8 images become the model's input: ``x * multiplier - offset`` in ``dtype``."""
+    """How uint8 images become the model's input: ``x * multiplier - offset`` in ``dtype``.
+
+    ``multiplier`` is ``1 / (255 * scale)`` and ``offset`` ``shift / scale``, both of ``dtype``.
+    """
 
     def __init__(self, shift: float, scale: float, dtype):
         self.dtype = numpy.dtype(dtype)

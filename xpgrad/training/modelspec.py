@@ -62,7 +62,11 @@ def _is_file(where: str) -> bool:
 
 
 class ModelSpec:
-    """A parsed ``--model`` value: ``kind`` is ``builtin``, ``file`` or ``module``."""
+    """A parsed ``--model`` value: ``kind`` is ``builtin``, ``file`` or ``module``.
+
+    ``text`` is the value (a file's path made absolute), ``where`` the file or module and ``name`` the
+    callable in it; ``path`` the file's absolute path (None unless ``kind`` is ``file``).
+    """
 
     def __init__(self, text: str):
         self.text = check_spec(text)

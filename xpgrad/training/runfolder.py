@@ -44,6 +44,11 @@ class RunFolder:
     Use :meth:`open`, as a context manager. ``fresh`` (a new run, not a resumed
     one) refuses a folder that holds a run unless ``overwrite``; the old
     outputs are then removed by :meth:`clear_for_new_run` once training starts.
+
+    ``path`` is the folder; ``checkpoint``, ``metrics`` and ``curves`` the paths
+    of its three outputs. ``replacing``: an earlier run's outputs are still to
+    be removed (``overwrite``); ``created``: this run made the folder, so it is
+    removed again if the run ends having written nothing.
     """
 
     def __init__(self, path):
@@ -57,6 +62,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path, *, fresh: bool, overwrite: bool = False) -> "RunFolder":
+        """``path`` created if needed, locked and checked by the rules above; RunFolderError says why not."""
         folder = cls(path)
         folder._create()
         try:
@@ -181,6 +187,7 @@ class RunFolder:
             self.replacing = False
 
     def write_metrics(self, rows) -> None:
+        """Write ``rows`` as this folder's metrics.jsonl, atomically (see :func:`write_metrics`)."""
         write_metrics(self.metrics, rows)
 
     def kept(self, hint: bool = False) -> str:
@@ -244,6 +251,7 @@ def write_metrics(path, rows) -> None:
 
 
 def append_metrics(path, row) -> None:
+    """Add ``row`` to the metrics.jsonl at ``path``: the whole file rewritten atomically."""
     # Rewriting the (small) file atomically keeps it whole even if the run is killed mid-write.
     write_metrics(path, read_metrics(path) + [row])
 

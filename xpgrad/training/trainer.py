@@ -68,6 +68,16 @@ class Trainer:
     ``graph``: "off" runs each step as it is; "on" records it as a CUDA graph
     on a GPU (an op that cannot be recorded is an error naming it); "auto" is
     "on" on a GPU, falling back to "off" with a warning if recording fails.
+
+    What it holds: ``model`` (an :class:`xpgrad.nn.Module`, built from ``spec``,
+    the :class:`ModelSpec` of ``config.model``, whose file's SHA-256 is
+    ``model_sha256``), ``parameters`` (its :class:`~xpgrad.nn.FlatParameters`),
+    ``optimizer`` and ``head`` (the loss head); on ``device`` (whose array
+    module is ``xp``) in ``dtype``: ``x_train`` and ``x_test``, the images as
+    (N, 1, H, W) uint8, normalized by ``inputs`` as batches are gathered
+    (``batches``), ``t_train`` and ``t_test``, the labels as int32, and
+    ``input_shape``, an image's (1, H, W). ``rng`` draws each epoch's batch
+    order; ``epoch`` counts the epochs trained.
     """
 
     def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50, graph="off"):
@@ -120,15 +130,18 @@ class Trainer:
 
     @property
     def n_train(self) -> int:
+        """The number of training images."""
         return self.x_train.shape[0]
 
     @property
     def batch_size(self) -> int:
+        """Images per step: ``config.batch_size``, or all of them for 0 (or more than there are)."""
         b = self.config.batch_size
         return self.n_train if b == 0 or b >= self.n_train else b
 
     @property
     def steps_per_epoch(self) -> int:
+        """Steps per epoch, the last batch a partial one when the batch size does not divide the images."""
         return -(-self.n_train // self.batch_size)
 
     def _schedule(self):
