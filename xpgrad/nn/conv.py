@@ -20,7 +20,8 @@ class Conv2d(Module):
     """PyTorch's ``Conv2d``: (N, in_channels, H, W) to (N, out_channels, Ho, Wo), a cross-correlation with
     ``kernel_size`` (an int or a pair), ``stride`` and zero ``padding``.
 
-    ``weight`` is (out_channels, in_channels, kh, kw), **PyTorch's layout**, so
+    ``weight`` is (out_channels, in_channels, kh, kw), **PyTorch's layout**, and
+    ``bias`` (out_channels,) or None, so
     a PyTorch ``Conv2d``'s weight and bias load as they are (unlike
     :class:`xpgrad.nn.Linear`, whose weight is (in, out), the notebook's
     layout). The weight is drawn as Linear's, with fan-in ``in_channels * kh *
@@ -58,7 +59,8 @@ class Conv2d(Module):
 
 class MaxPool2d(Module):
     """PyTorch's ``MaxPool2d(kernel_size, stride=None, padding=0)``: the maximum of each window, ``stride``
-    (default: ``kernel_size``) apart; the gradient goes to each window's first maximum, as PyTorch's."""
+    (default: ``kernel_size``) apart, the input padded by ``padding`` (with -inf) on each side; the gradient
+    goes to each window's first maximum, as PyTorch's."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         self.kernel_size = pair(kernel_size, "kernel_size")

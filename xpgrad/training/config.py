@@ -125,8 +125,9 @@ class Config:
 
     The command line's options: ``model``, ``dataset``, ``recipe``, ``epochs``,
     ``batch_size`` (0: the whole training set in one batch), ``optimizer``,
-    ``lr``, ``dtype``, ``seed`` and ``threads`` (the BLAS threads the run used;
-    0: not known). What only a recipe sets: ``head`` (``cross_entropy``, fused,
+    ``lr``, ``dtype``, ``seed``, ``threads`` (the BLAS threads the run used;
+    0: not known) and ``eval_batch_size`` (test rows per evaluation chunk; 0:
+    sized by memory). What only a recipe sets: ``head`` (``cross_entropy``, fused,
     or ``notebook``, Softmax then Log), ``normalize`` (``standardize`` or
     ``scale`` to [0, 1]), ``schedule`` (``cosine`` or ``constant``) and
     ``momentum`` (for ``--optimizer momentum``).
