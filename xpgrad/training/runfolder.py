@@ -46,6 +46,9 @@ class RunFolder:
     outputs are then removed by :meth:`clear_for_new_run` once training starts.
     """
 
+    #: This process writes the run's files (in a distributed run, rank 0 only: xpgrad.distributed.job.Bystander).
+    writes = True
+
     def __init__(self, path):
         self.path = os.fspath(path)
         self.checkpoint = os.path.join(self.path, CHECKPOINT)
