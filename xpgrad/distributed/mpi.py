@@ -121,7 +121,7 @@ class MPICommunicator:
             os.sched_yield()  # a waiting rank leaves the core to a rank that works, when they share one
             self.check_notes()
             if time.monotonic() - start > limit:
-                raise Unanswered(f"rank {self.rank} of {self.size} waited {limit:g} s for the other ranks in {what}: "
+                raise Unanswered(f"waited {limit:g} s for the other ranks in {what}: "
                                  f"one of them died or hangs, and the launcher did not stop the job (with srun, pass "
                                  f"--kill-on-bad-exit=1; {TIMEOUT_ENV} sets the wait)")
 
