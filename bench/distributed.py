@@ -10,11 +10,14 @@ the median epoch times; min-max spreads come with every number.
 
 In the 2-rank runs, rank 0 also reports:
 
-* the gradient allreduce's share of the step: the time spent in it (the
+* the gradient allreduce's share of the step: the time spent in the step's
+  collectives (the gradients' reduce-scatter and the parameters' allgather of
+  the sharded update, which together move what one allreduce moves: the
   transfer, and any wait for the slower rank) over the epoch's time;
-* its bandwidth, the buffer's bytes over one allreduce's time, against a plain
-  blocking ``mpi4py`` ``Allreduce`` of the same buffer (the engine's floor),
-  both timed after a barrier, in turns, after training.
+* the allreduce's bandwidth, the buffer's bytes over one allreduce's time
+  (xpgrad's, a reduce-scatter and an allgather around the ring), against a
+  plain blocking ``mpi4py`` ``Allreduce`` of the same buffer (the engine's
+  floor), both timed after a barrier, in turns, after training.
 
 Run from the repository root, with an MPI and mpi4py installed (as root, Open
 MPI also needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)::
@@ -98,15 +101,19 @@ def _parallel():
     if launcher() is None:
         return None, None, timed
     comm, _ = connect("cpu")
-    allreduce = comm.allreduce
-
-    def timed_allreduce(array, what):
-        start = time.perf_counter()
-        allreduce(array, what)
-        timed[0] += time.perf_counter() - start
-
-    comm.allreduce = timed_allreduce
+    for name in ("allreduce", "reduce_scatter", "allgather"):  # the step's collectives, timed
+        setattr(comm, name, _timed(getattr(comm, name), timed))
     return DataParallel(comm), comm, timed
+
+
+def _timed(collective, timed):
+    def call(array, what):
+        start = time.perf_counter()
+        collective(array, what)
+        if what != "bench":
+            timed[0] += time.perf_counter() - start
+
+    return call
 
 
 def _allreduce_bandwidth(comm, grad, repeats: int = 30) -> dict:
@@ -139,7 +146,9 @@ def run_once(args, spec: str, ranks: int, env: dict, workdir: str) -> dict:
     command = [sys.executable, "-m", "bench.distributed", "--worker", spec, "--epochs", str(args.epochs),
                "--json", report]
     if ranks > 1:
-        command = [_mpiexec(args.mpiexec), "--oversubscribe", "-n", str(ranks), *command]
+        # Open MPI binds each rank to a core of its own, unless ranks outnumber cores (then nothing is bound).
+        extra = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
+        command = [_mpiexec(args.mpiexec), *extra, "-n", str(ranks), *command]
     subprocess.run(command, check=True, env=env)
     with open(report) as f:
         return json.load(f)

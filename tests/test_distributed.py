@@ -11,13 +11,15 @@ from __future__ import annotations
 import gzip
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from .cli_helpers import assert_user_error, metrics, params, temp_files, write_idx_folder, xpgrad
-from .mpi_helpers import mpi_xpgrad, require_mpi, start_mpi, xpgrad_lines
+from .mpi_helpers import mpi_env, mpi_xpgrad, require_mpi, start_mpi, xpgrad_lines
 
 # 256 training rows in batches of 40: 6 full batches and one of 16, split unevenly over 3 ranks.
 RUN = ("--dataset", "idx", "--hidden", "8", "--epochs", "2", "--batch-size", "40", "--device", "cpu", "--quiet",
@@ -196,3 +198,29 @@ def test_without_a_launcher_it_says_how_to_launch(tmp_path, monkeypatch):
     proc = xpgrad("train", *RUN, "--data-dir", data, "--out", tmp_path / "run", "--distributed", tmp_path=tmp_path)
     assert_user_error(proc, "no MPI launcher", "mpiexec -n 2 xpgrad train --distributed", "srun")
     assert not (tmp_path / "run").exists()
+
+
+_RING = """
+import numpy as np
+from mpi4py import MPI
+from xpgrad.distributed.mpi import MPICommunicator
+
+comm = MPICommunicator(MPI)
+n = 50001  # above the ring's threshold, and parts of unequal sizes
+x = np.random.default_rng(comm.rank).standard_normal(n)
+want = sum(np.random.default_rng(r).standard_normal(n) for r in range(comm.size))
+comm.allreduce(x, "a test")
+assert np.allclose(x, want, rtol=1e-13, atol=1e-13)
+everyone = comm.allgather_object(x.tobytes())
+assert all(b == everyone[0] for b in everyone), "the ranks' sums differ"
+print("ok", comm.rank)
+"""
+
+
+def test_the_ring_allreduce_sums_and_every_rank_gets_the_same_bits(tmp_path):
+    """A large allreduce goes around the ring (reduce-scatter, allgather): each part is summed on one rank,
+    then copied, so all ranks hold the same bits (the sharded update relies on it)."""
+    proc = subprocess.run([*require_mpi(), "-n", "3", sys.executable, "-c", _RING], capture_output=True, text=True,
+                          env=mpi_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split()) == sorted("ok 0 ok 1 ok 2".split())

@@ -27,11 +27,13 @@ import time
 import numpy
 
 from ..errors import XpgradError
+from .parallel import part
 
 #: How long a rank waits for the others in one collective, unless XPGRAD_DISTRIBUTED_TIMEOUT says otherwise.
 DEFAULT_TIMEOUT = 30.0
 TIMEOUT_ENV = "XPGRAD_DISTRIBUTED_TIMEOUT"
-_NOTE_TAG, _ACK_TAG = 77, 78
+_NOTE_TAG, _ACK_TAG, _RING_TAG = 77, 78, 79
+_RING_SIZE = 1 << 14  # entries; below it MPI's own allreduce is quicker than the ring's many steps
 
 
 class PeerFailed(XpgradError):
@@ -79,12 +81,54 @@ class MPICommunicator:
         self.host = socket.gethostname()
         self.peers = self.comm.allgather((self.host, os.getpid()))
         self.timeout = timeout_from_env() if timeout is None else timeout
+        self._scratches = {}
 
     # -- collectives, polled -------------------------------------------------
 
     def allreduce(self, array, what: str) -> None:
-        """Sum host ``array`` over every rank, in place."""
-        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM), what)
+        """Sum host ``array`` over every rank, in place: a reduce-scatter then an allgather, around the ring,
+        for a large array (as fast here as MPI's blocking Allreduce, where its non-blocking one took 2.4x as
+        long); MPI's own for a small one."""
+        if array.size < _RING_SIZE or self.size == 1:
+            self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM), what)
+            return
+        self.reduce_scatter(array, what)
+        self.allgather(array, what)
+
+    def parts(self, n: int) -> list[tuple[int, int]]:
+        """Every rank's part ``[start, stop)`` of ``n`` entries: rank r owns part r."""
+        return [part(n, self.size, r) for r in range(self.size)]
+
+    def reduce_scatter(self, array, what: str) -> None:
+        """Sum host 1-D ``array`` over every rank into this rank's part of it (``parts``); the rest of it is
+        left partly summed. Around the ring: ``size - 1`` steps, each sending one part to the next rank and
+        adding the previous rank's."""
+        parts, r, k = self.parts(array.size), self.rank, self.size
+        scratch = self._scratch(array.dtype, max(b - a for a, b in parts))
+        for step in range(k - 1):
+            send, recv = parts[(r - step - 1) % k], parts[(r - step - 2) % k]
+            got = scratch[:recv[1] - recv[0]]
+            self._exchange(array[send[0]:send[1]], got, what)
+            array[recv[0]:recv[1]] += got
+
+    def allgather(self, array, what: str) -> None:
+        """Give every rank every rank's part of host 1-D ``array`` (each rank's own part is the one it holds)."""
+        parts, r, k = self.parts(array.size), self.rank, self.size
+        for step in range(k - 1):
+            send, recv = parts[(r - step) % k], parts[(r - step - 1) % k]
+            self._exchange(array[send[0]:send[1]], array[recv[0]:recv[1]], what)
+
+    def _exchange(self, send, recv, what: str) -> None:
+        """Send ``send`` to the next rank and receive ``recv`` from the previous one, polled."""
+        requests = [self.comm.Isend(send, dest=(self.rank + 1) % self.size, tag=_RING_TAG),
+                    self.comm.Irecv(recv, source=(self.rank - 1) % self.size, tag=_RING_TAG)]
+        self.poll(lambda: self.MPI.Request.Testall(requests), what)
+
+    def _scratch(self, dtype, size: int):
+        key = numpy.dtype(dtype)
+        if key not in self._scratches or self._scratches[key].size < size:
+            self._scratches[key] = numpy.empty(size, dtype=key)
+        return self._scratches[key]
 
     def broadcast(self, array, what: str, root: int = 0) -> None:
         """Copy rank ``root``'s host ``array`` into every rank's, in place."""

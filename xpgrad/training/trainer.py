@@ -188,6 +188,7 @@ class Trainer:
             self.model.train()
             self.batches.begin_epoch(order)
             stats = self._run_steps(steps, bar)
+            self.parallel.consolidate(self.optimizer)
             if self.batches.shuffled and self.batches.counted() != self.steps_per_epoch:
                 raise RuntimeError(f"the batch counter reads {self.batches.counted()} after "
                                    f"{self.steps_per_epoch} steps")
