@@ -28,6 +28,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 
 from .. import interrupts
 from ..errors import XpgradError, one_line
@@ -67,13 +68,20 @@ class Bystander:
 
 
 class Job:
-    """This rank of a data-parallel job: its communicator, its device, and the Trainer's hooks."""
+    """This rank of a data-parallel job: its communicator (MPI's until :meth:`start` picks the device's),
+    its device, and the Trainer's hooks."""
 
-    def __init__(self, comm, device):
-        self.comm, self.device = comm, device
-        self.rank, self.size = comm.rank, comm.size
-        self.parallel = DataParallel(comm)
-        self.folder = None
+    def __init__(self, mpi):
+        self.comm, self.device, self.parallel, self.folder = mpi, None, None, None
+        self.rank, self.size = mpi.rank, mpi.size
+
+    def start(self, device_name: str) -> "Job":
+        """Take this rank's device, and the communicator for its arrays (NCCL for a GPU)."""
+        from .launch import communicator  # noqa: PLC0415
+
+        self.comm, self.device = communicator(self.comm, device_name)
+        self.parallel = DataParallel(self.comm)
+        return self
 
     def words(self) -> str:
         """How the job runs, for the command's messages."""
@@ -113,13 +121,13 @@ _SETUP_TIMEOUT = 3600.0  # a rank may be downloading the data meanwhile
 
 def run_rank(args, train) -> int:
     """Run ``train(args, job=...)`` as this process's rank of the job; returns 0, or leaves with the exit status."""
-    from .launch import connect  # noqa: PLC0415
+    from .launch import join  # noqa: PLC0415
 
-    comm, device = connect(args.device)
-    job = Job(comm, device)
-    if job.rank != 0:
+    job = Job(join())
+    if job.rank != 0:  # one voice: rank 0's output and warnings are the job's
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    code = _stop_code(job, lambda: train(args, job=job))
+        warnings.simplefilter("ignore")
+    code = _stop_code(job, lambda: train(args, job=job.start(args.device)))
     if code:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

@@ -54,21 +54,31 @@ def import_mpi():
     return MPI
 
 
-def connect(device_name: str):
-    """Join the job this process is a rank of: ``(communicator, device)``, the device being this rank's GPU
-    (by local rank) or the CPU. NCCL carries a GPU run's arrays, MPI a CPU run's."""
-    from .. import backend  # noqa: PLC0415
+def join():
+    """Join the job this process is a rank of: its :class:`~xpgrad.distributed.mpi.MPICommunicator`."""
     from .mpi import MPICommunicator  # noqa: PLC0415
 
     if launcher() is None:
         raise XpgradError(f"--distributed, but no MPI launcher started this process; {HOW_TO_LAUNCH}")
-    mpi = MPICommunicator(import_mpi())
+    return MPICommunicator(import_mpi())
+
+
+def communicator(mpi, device_name: str):
+    """``(communicator, device)`` for rank ``mpi.rank``: its GPU (by local rank) with NCCL, or the CPU with
+    ``mpi`` itself."""
+    from .. import backend  # noqa: PLC0415
+
     device = rank_device(backend.get_device(device_name), device_name, mpi.local_rank, mpi.local_size)
     if not device.is_gpu:
         return mpi, device
     from .nccl import NcclCommunicator  # noqa: PLC0415
 
     return NcclCommunicator(mpi, device), device
+
+
+def connect(device_name: str):
+    """:func:`join`, then :func:`communicator`."""
+    return communicator(join(), device_name)
 
 
 def rank_device(device, name: str, local_rank: int, local_size: int):

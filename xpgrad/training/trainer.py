@@ -139,15 +139,16 @@ class Trainer:
         if self._steps is None:
             n, b = self.n_train, self.batch_size
             rows = [b] + ([n % b] if n % b and b < n else [])
-            self._steps = [self._graph_step(self._step_function(r)) for r in rows]
+            parts = [self.parallel.part(r) for r in rows]  # this rank's rows of each global batch
+            self._steps = [self._graph_step(self._step_function(self.batches.batch(stop - start), r))
+                           for r, (start, stop) in zip(rows, parts)]
         return self._steps
 
-    def _step_function(self, rows):
-        """The step for global batches of ``rows`` rows, of which this rank takes its part."""
+    def _step_function(self, batch, rows=None):
+        """The step for ``batch``, this rank's part of global batches of ``rows`` rows (None: all of them)."""
         model, head, optimizer, stats = self.model, self.head, self.optimizer, self.batches.stats
-        start, stop = self.parallel.part(rows)
-        batch = self.batches.batch(stop - start)
-        weight = self.parallel.loss_weight(stop - start, rows, head, self.device, self.dtype)
+        mine = batch.t.shape[0]
+        weight = self.parallel.loss_weight(mine, mine if rows is None else rows, head, self.device, self.dtype)
         x = Tensor(batch.x)
 
         def step():
