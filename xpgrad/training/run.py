@@ -37,10 +37,11 @@ def run(trainer: Trainer, out, *, history=None, overwrite: bool = False, log=pri
     """Train ``trainer`` to ``config.epochs``, writing checkpoints, metrics and curves into ``out``.
 
     ``out`` is a folder, or a :class:`RunFolder` already opened (and locked) by
-    the caller (or, on a distributed run's other ranks, one that writes nothing). A fresh trainer refuses a folder that holds a run unless
-    ``overwrite``. ``history`` is the metrics of the epochs already trained (a
-    resumed run's, from its checkpoint); if it is None for a resumed trainer,
-    it is recovered from the folder's metrics.jsonl (format-1 checkpoints).
+    the caller (on a distributed run's other ranks, one that writes nothing). A
+    fresh trainer refuses a folder that holds a run unless ``overwrite``.
+    ``history`` is the metrics of the epochs already trained (a resumed run's,
+    from its checkpoint); if it is None for a resumed trainer, it is recovered
+    from the folder's metrics.jsonl (format-1 checkpoints).
     Returns the last epoch's metrics plus the mean seconds per epoch.
     """
     if not isinstance(out, (str, os.PathLike)):  # a RunFolder (or a distributed rank's Bystander)
