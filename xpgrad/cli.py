@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replay each training step as a CUDA graph: on, off, or auto (on for a GPU); default: off")
     train.add_argument("--eval-batch-size", type=_rule(whole_number(1), int), default=None, metavar="N",
                        help=_EVAL_BATCH_HELP)
+    train.add_argument("--distributed", action="store_true",
+                       help="be one rank of a data-parallel job started by mpiexec or srun (needs the mpi extra)")
 
     ev = sub.add_parser("eval", help="print the test loss and accuracy of a checkpoint")
     ev.add_argument("--checkpoint", type=_path, required=True)
@@ -163,6 +165,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command in ("info", "gradcheck"):
             console.stop_when_stdout_closes()
+        if getattr(args, "distributed", False):
+            from .distributed.job import run_rank  # noqa: PLC0415
+
+            return run_rank(args, cmd_train)
         return _command(args.command)(args)
     except XpgradError as exc:
         print(f"xpgrad: error: {exc}", file=sys.stderr)
@@ -266,50 +272,54 @@ def _open_checkpoint(path):
     return load_checkpoint(path, check_config=Config.from_dict)
 
 
-def cmd_train(args) -> int:
+def cmd_train(args, job=None) -> int:
+    """``xpgrad train``; ``job`` (an :class:`xpgrad.distributed.job.Job`): as one rank of a data-parallel job."""
     import contextlib  # noqa: PLC0415
 
     with contextlib.ExitStack() as stack:
         checkpoint = stack.enter_context(_open_checkpoint(args.resume)) if args.resume is not None else None
-        return _cmd_train(args, checkpoint)
+        return _cmd_train(args, checkpoint, job)
 
 
-def _cmd_train(args, checkpoint) -> int:
+def _cmd_train(args, checkpoint, job) -> int:
     from . import backend  # noqa: PLC0415
     from .training import RunFolder  # noqa: PLC0415
     from .training.runfolder import CHECKPOINT  # noqa: PLC0415
 
     config = _resume_config(args, checkpoint) if checkpoint else _config_from_args(args)
     _check_data_dir(config, args.data_dir)
-    device = backend.get_device(args.device)
+    device = job.device if job else backend.get_device(args.device)
     out = _out_dir(args, config)
     fresh = checkpoint is None or not _same_file(args.resume, os.path.join(out, CHECKPOINT))
-    with RunFolder.open(out, fresh=fresh, overwrite=args.overwrite) as folder:
+    with (job.open_folder(config) if job else RunFolder.open)(out, fresh=fresh, overwrite=args.overwrite) as folder:
         try:
-            result = _train(args, config, checkpoint, device, folder)
+            result = _train(args, config, checkpoint, device, folder, job)
         except KeyboardInterrupt as exc:
             exc.detail = folder.kept(hint=True)
             raise
     print(
         f"done: test accuracy {result['test_accuracy']:.2%} after {result['epoch']} epochs, "
-        f"{result['seconds_per_epoch']:.2f} s/epoch on {_device_words(device)}"
+        f"{result['seconds_per_epoch']:.2f} s/epoch on {_device_words(device, job)}"
     )
     return 0
 
 
-def _train(args, config, checkpoint, device, folder) -> dict:
+def _train(args, config, checkpoint, device, folder, job) -> dict:
     from .training import Trainer, run  # noqa: PLC0415
     from .training.threads import use_blas_threads  # noqa: PLC0415
 
     config.threads = use_blas_threads(args.threads)
-    dataset = _load_data(config, args.data_dir, progress=not args.quiet)
-    trainer = _trainer(Trainer, config, dataset, device, progress=not args.quiet, graph=args.graph)
+    progress = not args.quiet and (job is None or job.rank == 0)
+    load = lambda: _load_data(config, args.data_dir, progress=progress)  # noqa: E731
+    dataset = job.staged(load) if job else load()
+    trainer = _trainer(Trainer, config, dataset, device, progress=progress, graph=args.graph,
+                       parallel=job and job.parallel)
     if checkpoint:
         trainer.restore(checkpoint)
         print(f"resuming {args.resume} at epoch {trainer.epoch}")
     where, _, name = config.model.rpartition(":")
     model = "" if config.model == "mlp" else f"{name} from {where} " if where else f"the {name} "
-    print(f"training {model}on {config.dataset} with the {config.recipe} recipe on {_device_words(device)}; "
+    print(f"training {model}on {config.dataset} with the {config.recipe} recipe on {_device_words(device, job)}; "
           f"writing to {folder.path}")
     return run(trainer, folder, history=checkpoint.metrics if checkpoint else None)
 
@@ -377,8 +387,9 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _device_words(device) -> str:
-    return "cpu" if not device.is_gpu else f"{device} ({device.name()})"
+def _device_words(device, job=None) -> str:
+    words = "cpu" if not device.is_gpu else f"{device} ({device.name()})"
+    return f"{words} x {job.words()}" if job else words
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,8 @@ for ``metrics.jsonl``, ``curves.png`` and downloaded files), ``epoch:trained``
 (an epoch trained, nothing written yet), ``epoch:saved`` (its checkpoint
 written, its metrics not yet), ``step:done`` (a training step done, mid-epoch)
 and ``download:chunk`` (a downloaded chunk written). Tests use it to stop a run at every instant that matters and check
-that what is left can be resumed.
+that what is left can be resumed. In a distributed run every rank reaches the points;
+``XPGRAD_FAULT_RANK=R`` makes only rank R act.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import signal
 
 ENV = "XPGRAD_FAULT"
+RANK_ENV = "XPGRAD_FAULT_RANK"
 _SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM, "hup": signal.SIGHUP,
             "stop": signal.SIGSTOP}
 _seen: dict[str, int] = {}
@@ -37,7 +39,7 @@ def reached(point: str) -> None:
         return
     target, _, action = spec.partition("=")
     name, _, nth = target.partition("#")
-    if name != point:
+    if name != point or not _this_rank(os.environ.get(RANK_ENV)):
         return
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] != int(nth or 1):
@@ -49,3 +51,12 @@ def reached(point: str) -> None:
     if code is None:
         raise ValueError(f"{ENV}={spec}: unknown action {action!r}")
     raise OSError(code, f"{os.strerror(code)} (injected by {ENV})")
+
+
+def _this_rank(wanted: str | None) -> bool:
+    """Whether this process is rank ``wanted`` of its launcher's job (any process when None)."""
+    if wanted is None:
+        return True
+    from .distributed.launch import rank_from_env  # noqa: PLC0415
+
+    return str(rank_from_env()) == wanted.strip()

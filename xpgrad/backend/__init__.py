@@ -78,6 +78,11 @@ def gpu_available() -> bool:
     return gpu_status()[0]
 
 
+def gpu_count() -> int:
+    """How many CUDA GPUs this process sees (0 without a usable one)."""
+    return cupy.cuda.runtime.getDeviceCount() if gpu_available() else 0
+
+
 # ---------------------------------------------------------------------------
 # Fused or generic: the one place the choice is made
 

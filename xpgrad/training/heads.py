@@ -4,7 +4,8 @@ A head is called as ``head(logits, t, stats)``: ``logits`` a Tensor, ``t`` the
 labels (an array on the device), ``stats`` the epoch's sums ``(loss_sum,
 correct)`` (0-d arrays on the device), to which the batch's summed loss and
 number of correct predictions are added there, with no host sync. It returns
-the loss as a Tensor.
+the loss as a Tensor. Its ``reduction`` says how the loss gathers the batch's
+rows: ``"mean"`` or ``"sum"`` (data parallelism weighs each rank's gradient by it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def cross_entropy(logits, t, stats):
     """Mean softmax cross-entropy, fused: in a training step the loss, its gradient and the sums are one
     kernel on a GPU (:class:`xpgrad.functions.CrossEntropy`)."""
     return functions.CrossEntropy(t, stats)(logits)
+
+
+cross_entropy.reduction = "mean"
 
 
 class NotebookLoss(Function):
@@ -58,5 +62,9 @@ def make_head(name: str, num_classes: int):
     if name == "cross_entropy":
         return cross_entropy
     if name == "notebook":
-        return lambda logits, t, stats: NotebookLoss(t, stats, num_classes)(logits)
+        def notebook(logits, t, stats):
+            return NotebookLoss(t, stats, num_classes)(logits)
+
+        notebook.reduction = "sum"
+        return notebook
     raise XpgradError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")

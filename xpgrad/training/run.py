@@ -37,13 +37,14 @@ def run(trainer: Trainer, out, *, history=None, overwrite: bool = False, log=pri
     """Train ``trainer`` to ``config.epochs``, writing checkpoints, metrics and curves into ``out``.
 
     ``out`` is a folder, or a :class:`RunFolder` already opened (and locked) by
-    the caller. A fresh trainer refuses a folder that holds a run unless
-    ``overwrite``. ``history`` is the metrics of the epochs already trained (a
-    resumed run's, from its checkpoint); if it is None for a resumed trainer,
-    it is recovered from the folder's metrics.jsonl (format-1 checkpoints).
+    the caller (on a distributed run's other ranks, one that writes nothing). A
+    fresh trainer refuses a folder that holds a run unless ``overwrite``.
+    ``history`` is the metrics of the epochs already trained (a resumed run's,
+    from its checkpoint); if it is None for a resumed trainer, it is recovered
+    from the folder's metrics.jsonl (format-1 checkpoints).
     Returns the last epoch's metrics plus the mean seconds per epoch.
     """
-    if isinstance(out, RunFolder):
+    if not isinstance(out, (str, os.PathLike)):  # a RunFolder (or a distributed rank's Bystander)
         return _run(trainer, out, history, log)
     with RunFolder.open(out, fresh=trainer.epoch == 0, overwrite=overwrite) as folder:
         return _run(trainer, folder, history, log)
@@ -115,7 +116,10 @@ def _train_epochs(trainer, folder, history, log):
 
 
 def _write(folder: RunFolder, path: str, write) -> None:
-    """``write()``, turning a failure (full disk, a folder in the way, --out removed) into one line."""
+    """``write()``, turning a failure (full disk, a folder in the way, --out removed) into one line; nothing
+    where the folder is another rank's (``folder.writes`` false: a distributed run's ranks but 0)."""
+    if not folder.writes:
+        return
     try:
         write()
     except OSError as exc:

@@ -51,6 +51,9 @@ class RunFolder:
     removed again if the run ends having written nothing.
     """
 
+    #: This process writes the run's files (in a distributed run, rank 0 only: xpgrad.distributed.job.Bystander).
+    writes = True
+
     def __init__(self, path):
         self.path = os.fspath(path)
         self.checkpoint = os.path.join(self.path, CHECKPOINT)

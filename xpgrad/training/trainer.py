@@ -16,7 +16,12 @@ written once and kept fast on both backends:
   never waits for the host;
 * with ``graph="on"`` (or ``"auto"`` on a GPU) that same step is recorded once
   as a CUDA graph and replayed (:func:`xpgrad.graph_step`); on the CPU there
-  is nothing to record and the step runs as it is.
+  is nothing to record and the step runs as it is;
+* with ``parallel`` (:class:`xpgrad.distributed.parallel.DataParallel`) the
+  process is one rank of a data-parallel run: it takes its part of every batch
+  and of the test set, its gradients are summed with the other ranks' before
+  each update, and the sums it reports are everyone's. Without it every hook
+  is the identity (:class:`~xpgrad.distributed.parallel.Solo`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy
 from .. import backend, faults, nn
 from ..backend.memory import peak_allocation
 from ..checkpoint import MODEL_PREFIX, OPTIM_PREFIX, save_checkpoint
+from ..distributed.parallel import Solo
 from ..errors import CheckpointError, DivergenceError, XpgradError
 from ..graphstep import GraphStep
 from ..optim import ConstantSchedule, CosineSchedule, make_optimizer
@@ -80,10 +86,12 @@ class Trainer:
     order; ``epoch`` counts the epochs trained.
     """
 
-    def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50, graph="off"):
+    def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50, graph="off",
+                 parallel=None):
         if graph not in GRAPH_MODES:
             raise XpgradError(f"unknown graph mode {graph!r}; choose one of {', '.join(GRAPH_MODES)}")
         self.config, self.dataset, self.graph = config, dataset, graph
+        self.parallel = Solo() if parallel is None else parallel
         self.device = backend.get_device(device)
         self.xp = self.device.xp
         self.progress, self.log_every = progress, log_every
@@ -92,9 +100,10 @@ class Trainer:
         self.inputs = Inputs(self.shift, self.scale, self.dtype)
         with self.device:  # the images stay uint8 there; batches are normalized as they are gathered
             self.x_train = self.inputs.to_device(dataset.x_train, self.device)
-            self.x_test = self.inputs.to_device(dataset.x_test, self.device)
+            start, stop = self.parallel.part(len(dataset.y_test))  # this rank's part of the test set
+            self.x_test = self.inputs.to_device(dataset.x_test[start:stop], self.device)
             self.t_train = backend.to_device(dataset.y_train.astype(numpy.int32), self.device)
-            self.t_test = backend.to_device(dataset.y_test.astype(numpy.int32), self.device)
+            self.t_test = backend.to_device(dataset.y_test[start:stop].astype(numpy.int32), self.device)
         self.input_shape = tuple(self.x_train.shape[1:])
         self.spec = ModelSpec(config.model)
         self.model_sha256 = self.spec.sha256()
@@ -102,12 +111,17 @@ class Trainer:
         self.parameters = nn.flatten_parameters(self.model)
         kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
         try:
-            self.optimizer = make_optimizer(config.optimizer, self.parameters, config.lr,
-                                            schedule=self._schedule(), **kwargs)
+            self.optimizer = self.parallel.optimizer(make_optimizer(config.optimizer, self.parameters, config.lr,
+                                                                    schedule=self._schedule(), **kwargs))
         except ValueError as exc:
             raise XpgradError(str(exc)) from None
         self.head = make_head(config.head, dataset.num_classes)
-        self.batches = Batches(self.x_train, self.t_train, self.batch_size, self.device, self.inputs)
+        self.parallel.check(self.n_train, self.batch_size)
+        x, t = self.x_train, self.t_train
+        if self.batch_size >= self.n_train:  # one batch of every row, in order: this rank's part of them
+            start, stop = self.parallel.part(self.n_train)
+            x, t = x[start:stop], t[start:stop]
+        self.batches = Batches(x, t, self.batch_size, self.device, self.inputs)
         # The batch order comes from its own generator (seeded apart from the
         # weights' initialization), and its state goes into checkpoints.
         self.rng = numpy.random.default_rng([config.seed, 1])
@@ -157,18 +171,23 @@ class Trainer:
         if self._steps is None:
             n, b = self.n_train, self.batch_size
             rows = [b] + ([n % b] if n % b and b < n else [])
-            self._steps = [self._graph_step(self._step_function(self.batches.batch(r))) for r in rows]
+            parts = [self.parallel.part(r) for r in rows]  # this rank's rows of each global batch
+            self._steps = [self._graph_step(self._step_function(self.batches.batch(stop - start), r))
+                           for r, (start, stop) in zip(rows, parts)]
         return self._steps
 
-    def _step_function(self, batch):
+    def _step_function(self, batch, rows=None):
+        """The step for ``batch``, this rank's part of global batches of ``rows`` rows (None: all of them)."""
         model, head, optimizer, stats = self.model, self.head, self.optimizer, self.batches.stats
+        mine = batch.t.shape[0]
+        weight = self.parallel.loss_weight(mine, mine if rows is None else rows, head, self.device, self.dtype)
         x = Tensor(batch.x)
 
         def step():
             batch.load()
             loss = head(model(x), batch.t, stats)
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward(weight)
             optimizer.step()
 
         return step
@@ -195,11 +214,14 @@ class Trainer:
         """Train one epoch; returns the epoch's mean training loss and accuracy, and its seconds."""
         start = time.perf_counter()
         order = self.rng.permutation(self.n_train).astype(numpy.int64) if self.batches.shuffled else None
+        if order is not None:
+            order = self.parallel.order(order, self.batch_size)
         with self.device:
             steps = self._training_steps()
             self.model.train()
             self.batches.begin_epoch(order)
             stats = self._run_steps(steps, bar)
+            self.parallel.consolidate(self.optimizer)
             if self.batches.shuffled and self.batches.counted() != self.steps_per_epoch:
                 raise RuntimeError(f"the batch counter reads {self.batches.counted()} after "
                                    f"{self.steps_per_epoch} steps")
@@ -220,13 +242,14 @@ class Trainer:
             if pending == self.log_every or k == count - 1:
                 # The only host syncs in the epoch: once per logging interval.
                 seen = min((k + 1) * b, n)
-                mean_loss = float(loss_sum) / seen
+                total_loss, total_correct = self.parallel.sums(loss_sum, correct)
+                mean_loss = total_loss / seen
                 self.check_finite(mean_loss, k)
                 if bar is not None:
                     bar.update(pending)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{int(correct) / seen:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{total_correct / seen:.4f}", refresh=False)
                 pending = 0
-        return {"train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
+        return {"train_loss": total_loss / n, "train_accuracy": total_correct / n}
 
     def check_finite(self, loss: float, step: int) -> None:
         """Raise :class:`DivergenceError` if ``loss`` (of 0-based ``step`` in this epoch) is NaN or inf."""
@@ -261,7 +284,9 @@ class Trainer:
                     self.head(model(Tensor(self.inputs.normalize(x))), t, stats)
             finally:
                 model.train()
-            return {"test_loss": float(stats[0]) / n, "test_accuracy": int(stats[1]) / n}
+            loss, correct = self.parallel.sums(*stats)
+            n = len(self.dataset.y_test)  # every rank's part
+            return {"test_loss": loss / n, "test_accuracy": correct / n}
 
     # -- checkpoints ---------------------------------------------------------
 
