@@ -140,7 +140,7 @@ class Linear(Function):
     def finish(self, grads):
         if self.lead is not None and grads[0] is not None:
             grads = (grads[0].reshape(self.inputs[0].shape), *grads[1:])
-        return tuple(g if x.requires_grad else None for g, x in zip(grads, self.inputs))
+        return tuple([g if x.requires_grad else None for g, x in zip(grads, self.inputs)])
 
 
 def _check_linear(x, W, b) -> None:
