@@ -68,7 +68,9 @@ def epoch_batches(trainer) -> list:
     """The epoch's normalized batches, gathered once (the floor's inputs)."""
     order = numpy.random.default_rng(3).permutation(trainer.n_train)
     b = trainer.batch_size
-    x = trainer.inputs.normalize(trainer.x_train.reshape(trainer.n_train, -1))
+    x = trainer.x_train.reshape(trainer.n_train, -1)
+    if hasattr(trainer, "inputs"):  # uint8 images, normalized as batches are gathered (since issue 21)
+        x = trainer.inputs.normalize(x)
     return [numpy.ascontiguousarray(x[order[k:k + b]]) for k in range(0, trainer.n_train, b)]
 
 
