@@ -10,6 +10,9 @@ the order they appear, in a fresh folder holding a copy of examples/ (as a clone
   trains takes seconds: in process, and for the ``xpgrad`` command through a stand-in on PATH;
 * a fence whose first line is ``# not run by the tests: REASON`` (a GPU, Docker, a download, a
   command that installs) does not run, and is reported as skipped with that reason;
+* a fence whose first line is ``# needs an MPI: ...`` runs with ``mpiexec`` on PATH where an MPI and
+  mpi4py are found (tests/mpi_helpers.py), and is skipped with the reason where they are not (a
+  failure under ``XPGRAD_REQUIRE_MPI=1``, as CI sets);
 * ``text`` fences are output and file contents, not examples. Any other language is an error here,
   and so is an indented code block: inside an admonition a fence is indented, and would be missed.
 
@@ -31,6 +34,7 @@ import pytest
 
 from .cli_helpers import BASE_ENV
 from .docs_launch import slice_datasets
+from .mpi_helpers import launcher, require_mpi
 
 markdown_it = pytest.importorskip("markdown_it", reason="needs markdown-it-py (the test extra)")
 
@@ -40,6 +44,7 @@ PAGES = sorted(p for p in DOCS.glob("*.md") if p.name != "README.short.md") + [
     DOCS / "README.short.md" if (DOCS / "README.short.md").exists() else ROOT / "README.md"]
 LANGUAGES = {"python": "python", "sh": "sh", "text": None}
 SKIP = re.compile(r"\A# not run by the tests: (.+)")
+NEEDS_MPI = re.compile(r"\A# needs an MPI: ")
 SNIPPET = re.compile(r'\A--8<-- "([^"]+)"\s*\Z')
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -64,13 +69,22 @@ def fences(page: Path) -> list[tuple[str, str, int]]:
 
 
 def examples(page: Path) -> list[tuple[str, str, int, str | None]]:
-    """(language, code, line, reason not run or None) of each example of ``page``."""
+    """(language, code, line, why it does not run or None) of each example of ``page``; an example that needs
+    an MPI runs where one is found (:func:`mpi_missing` is then None)."""
     out = []
     for language, code, line in fences(page):
         if LANGUAGES[language] is not None:
             skip = SKIP.match(code)
-            out.append((language, code, line, skip.group(1) if skip else None))
+            out.append((language, code, line, skip.group(1) if skip else mpi_missing() if NEEDS_MPI.match(code) else None))
     return out
+
+
+def mpi_missing() -> str | None:
+    """Why an example that needs an MPI cannot run here, or None; under ``XPGRAD_REQUIRE_MPI=1`` it must run."""
+    reason = launcher()[1]
+    if reason is not None and os.environ.get("XPGRAD_REQUIRE_MPI", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None  # not skipped: the page's test fails on it, through require_mpi()
+    return reason
 
 
 def _name(page: Path) -> str:
@@ -84,12 +98,16 @@ def reader(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "examples", work / "examples")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, target in (("xpgrad", f'"{sys.executable}" "{ROOT / "tests" / "docs_launch.py"}"'),
-                         ("python", f'"{sys.executable}"')):
+    commands = {"xpgrad": f'"{sys.executable}" "{ROOT / "tests" / "docs_launch.py"}"', "python": f'"{sys.executable}"'}
+    mpiexec = launcher()[0]
+    if mpiexec:  # with --oversubscribe for Open MPI, which counts cores as slots
+        commands["mpiexec"] = " ".join(f'"{part}"' for part in mpiexec)
+    for name, target in commands.items():
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
         (bin_dir / name).chmod(stat.S_IRWXU)
     env = {**BASE_ENV, "XPGRAD_CACHE_DIR": str(tmp_path / "cache"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "MPLBACKEND": "Agg"}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "MPLBACKEND": "Agg",
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}  # Open MPI refuses root without them
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(work)
@@ -110,6 +128,8 @@ def test_the_examples_of_a_page_run_in_order(page, reader, capsys):
         if skip is not None:
             continue
         where = f"{_name(page)}:{line}"
+        if NEEDS_MPI.match(code):
+            require_mpi()  # here only under XPGRAD_REQUIRE_MPI=1 without an MPI: fails, naming what is missing
         if language == "python":
             exec(compile(code, where, "exec"), namespace)  # a failure shows its line in the page
         else:
@@ -126,6 +146,7 @@ def test_an_example_not_run_here_is_reported(page, line, reason):
 
 
 def test_every_page_is_read_and_has_examples_in_known_languages():
-    assert {p.name for p in PAGES} >= {"getting-started.md", "training.md", "autodiff.md", "gpus-and-docker.md"}
+    assert {p.name for p in PAGES} >= {"getting-started.md", "training.md", "autodiff.md", "gpus-and-docker.md",
+                                        "distributed.md"}
     for page in PAGES:
         examples(page)  # raises on an indented code block or an unknown language

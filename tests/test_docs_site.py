@@ -42,7 +42,7 @@ def test_every_page_is_in_the_navigation():
 @pytest.mark.parametrize("command", ["train", "eval", "info"])
 def test_every_option_of_the_command_is_described_in_words(command):
     """The options table is generated from the parser; the words around it are not, so each option needs them."""
-    text = (DOCS / "training.md").read_text() + (DOCS / "gpus-and-docker.md").read_text()
+    text = "".join((DOCS / page).read_text() for page in ("training.md", "gpus-and-docker.md", "distributed.md"))
     options = [o for a in _subcommands()[command]._actions for o in a.option_strings if o.startswith("--")]
     missing = [o for o in options if o != "--help" and f"`{o}" not in text]
     assert not missing, f"xpgrad {command} options no page describes: {missing}"
@@ -74,6 +74,121 @@ def test_the_performance_tables_show_every_result_file():
     assert "| 0.92× (0.75–1.08) |" in performance.tensor_epoch_table()  # SGD: the loop against the Trainer
 
 
+def _results(pattern):
+    return [(p.name, json.loads(p.read_text())) for p in sorted((ROOT / "bench" / "results").glob(pattern))]
+
+
+def _median(values):
+    values = sorted(values)
+    half = len(values) // 2
+    return values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+
+
+def _rows(table):
+    return table.splitlines()[2:]
+
+
+def test_the_cpu_tables_read_threads_and_models_from_the_json():
+    """1 against all threads (the latest run of 784-100-10 at each count), and the MLPs of other shapes."""
+    performance = _hook("performance")
+    runs = _results("cpu_epoch-*.json")
+    assert len(_rows(performance.cpu_epoch_table())) == len(runs)
+    latest = {}
+    for _, d in sorted(runs, key=lambda r: r[1]["machine"]["date"]):
+        if d["setup"]["sizes"] == [784, 100, 10]:
+            latest[d["setup"]["threads"]] = d
+    threads = _rows(performance.cpu_threads_table())
+    assert len(threads) == len(latest) >= 2
+    for row, (count, d) in zip(threads, sorted(latest.items())):
+        assert row.startswith(f"| {count} | {d['results']['xpgrad']['median'] * 1e3:.0f} ms"), row
+        assert f"{sorted(d['results']['xpgrad_vs_torch_paired'])[len(d['results']['xpgrad_vs_torch_paired']) // 2]:.2f}×" in row
+    others = [d for _, d in runs if d["setup"]["sizes"] != [784, 100, 10]]
+    models = _rows(performance.cpu_models_table())
+    assert len(models) == len(others) >= 1
+    for row, d in zip(models, others):
+        assert row.startswith("| " + "-".join(map(str, d["setup"]["sizes"])) + " |")
+        assert f"{d['results']['torch']['median'] * 1e3:.0f} ms" in row
+
+
+def test_the_breakdown_tables_read_every_part_from_the_json():
+    performance = _hook("performance")
+    runs = sorted(_results("breakdown-*.json"), key=lambda r: r[1]["machine"]["date"])
+    assert {d["setup"]["label"] for _, d in runs} >= {"before", "after"}
+    table = _rows(performance.breakdown_table())
+    assert len(table) == len(runs)
+    for row, (_, d) in zip(table, runs):
+        assert row.startswith(f"| {d['setup']['label']} (")
+        assert f"| {d['results']['epoch']['median'] * 1e3:.0f} ms" in row and f"{d['results']['floor']['median'] * 1e3:.0f} ms" in row
+        ratios = sorted(d["results"]["ratio"]["all"])
+        assert f"{ratios[len(ratios) // 2]:.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})" in row
+    parts = performance.breakdown_parts_table()
+    assert parts.splitlines()[0] == "| per step, µs | " + " | ".join(d["setup"]["label"] for _, d in runs) + " |"
+    for part in runs[0][1]["results"]["per_step_us"]:
+        cells = " | ".join(f"{d['results']['per_step_us'][part]:.0f}" for _, d in runs)
+        assert f"| {part} | {cells} |" in parts, part
+
+
+def test_the_cnn_tables_read_the_json():
+    performance = _hook("performance")
+    runs = _results("cnn_epoch-*.json")
+    assert runs
+    table = performance.cnn_epoch_table()
+    assert len(_rows(table)) == len(runs)
+    for _, d in runs:
+        e = d["results"]["epochs"]
+        assert f"| {e['xpgrad']['median']:.2f} s ({e['xpgrad']['min']:.2f}–{e['xpgrad']['max']:.2f}) |" in table
+        assert f"| {e['torch']['median']:.2f} s" in table and f"{d['setup']['parameters']:,} parameters" in table
+    b = runs[-1][1]["breakdown"]
+    parts = performance.cnn_parts_table()
+    assert f"**{b['epoch_seconds']:.2f}**" in parts and f"| {b['rest_seconds']:.2f} |" in parts
+    biggest = max(b["parts"].items(), key=lambda kv: kv[1]["seconds"])
+    assert f"| {biggest[0]} ({biggest[1]['calls']:.0f} calls) | {biggest[1]['seconds']:.2f} |" in parts
+    shown = re.findall(r"^\| .+? \| (\d+\.\d\d) \|", parts, re.M)
+    assert abs(sum(map(float, shown)) - b["epoch_seconds"]) < 0.05  # the rows add up to the epoch (bold)
+    gradient = performance.cnn_input_gradient_table()
+    for way in runs[-1][1]["input_gradient"]:
+        assert f"| {way} |" in gradient
+
+
+def test_the_memory_table_shows_every_rss_result():
+    performance = _hook("performance")
+    table = performance.rss_table()
+    rss = _results("rss-*.json")
+    with_cnn = [d for _, d in _results("cnn_epoch-*.json") if d.get("peak_rss_mb")]
+    assert len(_rows(table)) == len(rss) + len(with_cnn)
+    for _, d in rss:
+        peak = d["results"]["training_peak_mb"]
+        target = d["targets"]["peak_rss_mb"]
+        assert (f"| {peak['median']:.0f} ({peak['min']:.0f}–{peak['max']:.0f}) |" in table
+                and f"≤ {target['target']:.0f} MB: {'met' if target['met'] else 'missed'}" in table)
+    for d in with_cnn:
+        assert f"| {d['peak_rss_mb']['median']:.0f} (" in table
+
+
+def test_the_distributed_table_computes_the_speedup_from_the_epochs():
+    """The speedup is the ratio of the median epochs, its spread the epochs paired by rank of time
+    (as bench.distributed prints it); the allreduce's bandwidth is the buffer over its median time."""
+    performance = _hook("performance")
+    table = performance.distributed_table()
+    runs = _results("distributed-*.json")
+    assert len(_rows(table)) == sum(len(d["results"]) for _, d in runs)
+    for _, d in runs:
+        ranks = str(d["ranks"])
+        for spec, by_ranks in d["results"].items():
+            one = [s for r in by_ranks["1"] for s in r["epoch_seconds"]]
+            many = [s for r in by_ranks[ranks] for s in r["epoch_seconds"]]
+            paired = [a / b for a, b in zip(sorted(one), sorted(many))]
+            speedup = f"{_median(one) / _median(many):.2f}× ({min(paired):.2f}–{max(paired):.2f})"
+            hidden, batch = spec.split(":")
+            model = "784-" + "-".join(hidden.split("x")) + f"-10, {batch}"
+            allreduce = _median([s for r in by_ranks[ranks] for s in r["allreduce_seconds"]])
+            gbs = by_ranks[ranks][0]["buffer_bytes"] / allreduce / 1e9
+            assert any(f"| {model} |" in row and f"| {speedup} |" in row and f"{allreduce * 1e6:.0f} µs ({gbs:.1f} GB/s)" in row
+                       for row in _rows(table)), (spec, speedup)
+    # the README of the data-parallel work quoted these; the JSON still says them
+    assert "| 784-1024-1024-10, 256 | 1.86 M | 5.06 s (5.05–5.07) | 3.27 s (3.23–3.31) | 1.55× (1.53–1.56) |" in table
+
+
 def test_a_new_result_shows_without_an_edit(tmp_path, monkeypatch):
     """A scaling run at a width not measured before: its row fills in, the rest still says "not measured"."""
     performance = _hook("performance")
@@ -86,8 +201,16 @@ def test_a_new_result_shows_without_an_edit(tmp_path, monkeypatch):
     assert re.search(r"\| 1024 \| 1024 \| 1500 ms \(1250–2000\) \|", table)
     assert "| 128 | 100 | not measured |" in table
     pictures = performance.plots()
-    assert set(pictures) == {"img/bench-cpu-epoch.png", "img/bench-gpu-epoch.png", "img/bench-scaling.png"}
+    assert set(pictures) == {f"img/bench-{name}.png" for name in ("cpu-epoch", "gpu-epoch", "scaling", "breakdown",
+                                                                  "distributed")}
     assert all(png.startswith(b"\x89PNG") for png in pictures.values())
+
+
+def test_every_table_the_pages_ask_for_exists():
+    """A ``<!-- bench: NAME -->`` with no table NAME would fail the build; a table no page shows is lost."""
+    performance = _hook("performance")
+    asked = {m for page in DOCS.glob("*.md") for m in re.findall(r"<!-- bench: ([\w-]+) -->", page.read_text())}
+    assert asked == set(performance.TABLES)
 
 
 def test_the_notebooks_links_point_at_pages_of_the_site():

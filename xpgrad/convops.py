@@ -188,6 +188,8 @@ class MaxPool2d(Op):
     every later pass reads contiguous memory, and the winner is found with
     arithmetic on boolean arrays: NumPy's masked copies (``copyto(where=)``,
     ``where``) run about 15x slower per element than a comparison or a sum.
+
+    ``kernel``, ``stride`` and ``padding`` hold the (height, width) pairs the arguments give.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0):

@@ -52,7 +52,7 @@ def new_state(seed: int, xp=numpy):
 class Dropout(Op):
     """``x * mask``: each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``, else zeroed,
     as ``torch.nn.functional.dropout`` in training. The mask is drawn from ``state`` (see :func:`random_bits`)
-    and advances it. ``backward(gy)`` returns ``gy * mask``.
+    and advances it. ``backward(gy)`` returns ``gy * mask``. ``p`` is the probability of a zero.
     """
 
     def __init__(self, p: float):
@@ -61,6 +61,7 @@ class Dropout(Op):
         self.p = float(p)
 
     def forward(self, x, state):
+        """``x * mask``, of x's shape and dtype; ``state`` (:func:`new_state`) counts one more mask drawn."""
         xp = get_array_module(x, state)
         if self.p == 1.0:  # PyTorch's special case: everything dropped (1 / (1 - p) would be inf)
             mask = xp.zeros(x.shape, dtype=x.dtype)
@@ -74,6 +75,7 @@ class Dropout(Op):
         return x * mask
 
     def backward(self, gy):
+        """``gy * mask``: the gradient goes where forward kept x, scaled as it was."""
         return gy * self.mem["mask"]
 
 
@@ -107,6 +109,7 @@ class BatchNorm2d(Op):
         self.training, self.momentum, self.eps = bool(training), float(momentum), float(eps)
 
     def forward(self, x, weight, bias, running_mean, running_var, num_batches_tracked=None):
+        """y (N, C, H, W); in training the running estimates and ``num_batches_tracked`` change in place."""
         xp = get_array_module(x, running_mean)
         if x.ndim != 4 or running_mean.shape != (x.shape[1],):
             raise ValueError(f"batch_norm takes an (N, C, H, W) input and (C,) statistics, got shapes {x.shape} "
@@ -142,6 +145,8 @@ class BatchNorm2d(Op):
             num_batches_tracked += 1
 
     def backward(self, gy):
+        """``(gx, gweight, gbias)``, gweight and gbias of shape (C,); in evaluation gx treats the statistics as
+        constants, in training it includes their dependence on x."""
         xp = get_array_module(gy)
         m = self.mem
         xhat, invstd, weight = m["xhat"], m["invstd"], m["weight"]

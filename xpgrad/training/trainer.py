@@ -83,7 +83,13 @@ class Trainer:
     (N, 1, H, W) uint8, normalized by ``inputs`` as batches are gathered
     (``batches``), ``t_train`` and ``t_test``, the labels as int32, and
     ``input_shape``, an image's (1, H, W). ``rng`` draws each epoch's batch
-    order; ``epoch`` counts the epochs trained.
+    order; ``epoch`` counts the epochs trained. ``parallel`` holds the
+    data-parallel hooks: the ``parallel=`` argument, a
+    :class:`~xpgrad.distributed.parallel.DataParallel` when the process is one
+    rank of an ``xpgrad train --distributed`` job (its part of each batch and
+    of the test set, gradients summed over the ranks, global sums), else
+    :class:`~xpgrad.distributed.parallel.Solo`, whose every hook is the
+    identity.
     """
 
     def __init__(self, config: Config, dataset, device="cpu", progress=True, log_every=50, graph="off",
