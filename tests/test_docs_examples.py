@@ -1,7 +1,7 @@
 """Every code example of the documentation site runs, as a reader would run it.
 
-The pages (docs/*.md, and docs/README.short.md, the README to be) are read with markdown-it-py, the
-CommonMark parser that pytest-markdown-docs uses; each page's ``python`` and ``sh`` fences then run in
+The pages (docs/*.md, and README.md) are read with markdown-it-py, the CommonMark parser that
+pytest-markdown-docs uses; each page's ``python`` and ``sh`` fences then run in
 the order they appear, in a fresh folder holding a copy of examples/ (as a clone has it):
 
 * ``python`` fences share one namespace per page, as in a session where a reader types them in turn;
@@ -40,8 +40,7 @@ markdown_it = pytest.importorskip("markdown_it", reason="needs markdown-it-py (t
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted(p for p in DOCS.glob("*.md") if p.name != "README.short.md") + [
-    DOCS / "README.short.md" if (DOCS / "README.short.md").exists() else ROOT / "README.md"]
+PAGES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 LANGUAGES = {"python": "python", "sh": "sh", "text": None}
 SKIP = re.compile(r"\A# not run by the tests: (.+)")
 NEEDS_MPI = re.compile(r"\A# needs an MPI: ")
@@ -147,6 +146,6 @@ def test_an_example_not_run_here_is_reported(page, line, reason):
 
 def test_every_page_is_read_and_has_examples_in_known_languages():
     assert {p.name for p in PAGES} >= {"getting-started.md", "training.md", "autodiff.md", "gpus-and-docker.md",
-                                        "distributed.md"}
+                                        "distributed.md", "README.md"}
     for page in PAGES:
         examples(page)  # raises on an indented code block or an unknown language

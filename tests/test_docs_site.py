@@ -34,7 +34,6 @@ def _subcommands():
 def test_every_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*") if p.suffix in (".md", ".ipynb")}
-    pages -= {"README.short.md"}  # the README to be: not a page (exclude_docs)
     missing = sorted(p for p in pages if f" {p}\n" not in nav and f"- {p}\n" not in nav)
     assert not missing, f"pages missing from mkdocs.yml's nav: {missing}"
 
@@ -225,3 +224,20 @@ def test_the_notebooks_links_point_at_pages_of_the_site():
             continue
         page = re.fullmatch(r"\.\./([\w-]+)/(#[\w-]+)?", link)
         assert page and (DOCS / f"{page.group(1)}.md").is_file(), f"{link}: not the address of a page of the site"
+
+
+def test_the_readmes_links_point_at_files_and_headings_that_exist():
+    """README.md is no page of the site, so mkdocs checks none of its links: each must name a file of the
+    repository (a page of docs/ as GitHub shows it), and an anchor a heading of that page."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert any(link.startswith("docs/") for link in links), "the README links into the site"
+    for link in links:
+        if link.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), f"README.md links to {path}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README.md links to {link}: no such heading"
