@@ -237,3 +237,64 @@ def test_to_moves_and_the_gradient_comes_back(gpu_xp):
     (y * y).sum().backward()
     assert isinstance(x.grad, np.ndarray)
     np.testing.assert_allclose(x.grad, [2.0, 4.0])
+
+
+def test_in_place_operators_update_the_data_and_its_version(xp):
+    """``p -= lr * p.grad`` under no_grad updates p itself (rebinding it would train nothing), in its dtype."""
+    from xpgrad import nn
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    nn.flatten_parameters(model)
+    model.to(backend.get_device("cpu") if xp is np else backend.get_device("cuda"))
+    x = Tensor(xp.ones((4, 3), dtype=np.float32))
+    loss = model(x).sum()
+    loss.backward()
+    before = [(p.data.copy(), p.grad.copy(), p._version) for p in model.parameters()]
+    with no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    for p, (data, grad, version) in zip(model.parameters(), before):
+        assert p.data.dtype == np.float32 and p._version == version + 1
+        np.testing.assert_array_equal(backend.to_numpy(p.data), backend.to_numpy(data - np.float32(0.5) * grad))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # the graph saved the parameters before the update
+    t = Tensor(xp.ones((2, 3), dtype=np.float32))
+    view = t.T
+    t += 1
+    t *= Tensor(xp.full(3, 2.0, dtype=np.float32))
+    t /= 4
+    t -= [0.5, 0.5, 0.5]
+    np.testing.assert_array_equal(backend.to_numpy(view.data), np.full((3, 2), 0.5, np.float32))
+    assert view._version == t._version == 4 and t.dtype == np.float32
+
+
+@pytest.mark.parametrize("case, error, words", [
+    ("leaf", RuntimeError, "leaf tensor that requires grad"),
+    ("computed", RuntimeError, "computed in a recorded graph"),
+    ("value", RuntimeError, "value that requires grad"),
+    ("shape", ValueError, "does not broadcast to the tensor's shape (2, 3)"),
+    ("int", TypeError, "int64 data"),
+    ("str", TypeError, "takes a Tensor, an array or a real number, got str"),
+])
+def test_in_place_operators_refuse_what_they_cannot_do(case, error, words):
+    w = Tensor(np.ones((2, 3)), requires_grad=True)
+    t = Tensor(np.ones((2, 3)))
+    with pytest.raises(error) as info:
+        if case == "leaf":
+            w -= 1.0
+        elif case == "computed":
+            y = w * 2
+            y += 1.0
+        elif case == "value":
+            t += w
+        elif case == "shape":
+            t += np.ones(4)
+        elif case == "int":
+            i = Tensor(np.arange(3))
+            i /= 2
+        else:
+            t += "a"
+    assert words in str(info.value)
+    np.testing.assert_array_equal(t.data, np.ones((2, 3)))  # nothing written by a refused update
+    with no_grad():
+        w -= 1.0  # the same update, where it is allowed
+    assert w._version == 1 and not w.data.any()

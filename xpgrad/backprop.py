@@ -28,6 +28,7 @@ import numpy
 from . import backend
 from .backend import get_array_module
 from .backend import graph as _graph
+from .grad_mode import is_grad_enabled
 
 ticks = 0  # in-place updates so far, of all tensors together: the clock a node's ``tick`` is read from
 
@@ -44,6 +45,74 @@ def bump_versions(tensors) -> None:
         else:
             c[0] += 1
             c[1] = ticks
+
+
+_UFUNCS = {"+=": "add", "-=": "subtract", "*=": "multiply", "/=": "true_divide"}
+
+
+def in_place(t, other, other_requires_grad: bool, symbol: str):
+    """``t (symbol) other`` written into tensor t's data, as PyTorch's in-place operators (``Tensor.__isub__``
+    and its kin): refused where it would have to be recorded (the tape records no in-place operation), else
+    one ufunc with ``out=t.data`` and t's version bumped, so a graph that saved t refuses to backpropagate
+    through it. ``other`` is a Tensor's data, an array, or anything ``numpy.asarray`` makes a real array of."""
+    value = other
+    if is_grad_enabled() and (t.requires_grad or other_requires_grad):
+        what = ("on a leaf tensor that requires grad (a parameter)" if t.requires_grad and t.creator is None
+                else "on a tensor computed in a recorded graph" if t.requires_grad
+                else "with a value that requires grad")
+        raise RuntimeError(f"tensor {symbol} value {what} would not be recorded; update parameters inside "
+                           f"`with xpgrad.no_grad():`, or write `x = x {symbol[0]} value` to record it")
+    # A Python number stays as it is (weakly typed: float32 data stays float32 arithmetic, as in PyTorch).
+    if not (isinstance(value, (bool, int, float, numpy.ndarray)) or backend.is_cupy_array(value)):
+        try:
+            value = numpy.asarray(value)
+        except (ValueError, TypeError):
+            value = numpy.asarray(None)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"tensor {symbol} value takes a Tensor, an array or a real number, got "
+                            f"{type(other).__name__} {other!r:.40}")
+    if getattr(value, "ndim", 0):
+        where, here = backend.device_of(value), backend.device_of(t.data)
+        if where != here:
+            raise ValueError(f"tensor {symbol} value: the value is on {where} but the tensor on {here}; move "
+                             "it with xpgrad.to_device first")
+        try:
+            shape = numpy.broadcast_shapes(value.shape, t.shape)
+        except ValueError:
+            shape = None
+        if shape != t.shape:
+            raise ValueError(f"tensor {symbol} value: a value of shape {value.shape} does not broadcast to the "
+                             f"tensor's shape {t.shape}")
+    try:
+        getattr(get_array_module(t.data), _UFUNCS[symbol])(t.data, value, out=t.data)
+    except TypeError as exc:  # NumPy's UFuncTypeError: a float value into an integer tensor, say
+        raise TypeError(f"tensor {symbol} value: cannot write the result into the tensor's {t.dtype} data "
+                        f"({type(exc).__name__}); make a floating-point tensor first, "
+                        "e.g. Tensor(t.data.astype('float32'))") from None
+    bump_versions((t,))
+    return t
+
+
+def backward(t, grad) -> None:
+    """``Tensor.backward(grad)``: ``grad`` (an array, or None for 1) seeds the backward pass from t."""
+    if not t.requires_grad:
+        raise ValueError("backward() on a tensor that does not require gradients: no input of the "
+                         "computation had requires_grad=True, or it ran under no_grad()")
+    if grad is None:
+        if t.data.size != 1:
+            raise ValueError(f"backward() without a gradient needs a one-element tensor (a loss), got shape "
+                             f"{t.shape}; pass grad= (an array of that shape) or reduce it first, e.g. .sum()")
+        # A leaf keeps its gradient as .grad, which must not be the shared seed.
+        seed = unit_seed(t.data) if t.creator is not None else get_array_module(t.data).ones_like(t.data)
+    else:
+        xp = get_array_module(t.data, grad)  # the same device, or DeviceError
+        seed = xp.array(grad, dtype=t.dtype)  # a copy: .grad never aliases the caller's array
+        if seed.shape != t.shape:
+            raise ValueError(f"grad has shape {seed.shape}, but the tensor has shape {t.shape}")
+    if t.creator is None:
+        accumulate(t, seed)
+    else:
+        run_backward(t.creator, seed)
 
 
 _unit_seeds = {}

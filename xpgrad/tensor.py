@@ -30,7 +30,6 @@ from . import backend
 from . import backprop as _backprop
 from . import grad_mode as _mode
 from .backend import graph as _graph
-from .backprop import accumulate, run_backward, unit_seed
 from .grad_mode import is_grad_enabled, no_grad  # noqa: F401 (xpgrad.no_grad, and where callers found them)
 
 class Tensor:
@@ -47,6 +46,9 @@ class Tensor:
     Operators ``+ - * / @``, unary ``-`` and ``** number`` broadcast as NumPy
     does, with a Python number or an array allowed on either side.
     ``bool(t)`` is NumPy's: the truth of a one-element tensor, else ValueError.
+    ``+= -= *= /=`` write into the data in place and bump its version, as
+    PyTorch's: under :func:`no_grad` for a tensor that requires gradients
+    (``p -= lr * p.grad``), since the tape records no in-place operation.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "creator", "_grad_slot", "_counter", "__weakref__")
@@ -160,26 +162,9 @@ class Tensor:
         path by which a leaf reaches this tensor. The graph is kept, so
         ``backward`` may be called again.
         """
-        if not self.requires_grad:
-            raise ValueError("backward() on a tensor that does not require gradients: no input of the "
-                             "computation had requires_grad=True, or it ran under no_grad()")
-        if grad is None:
-            if self.data.size != 1:
-                raise ValueError(f"backward() without a gradient needs a one-element tensor (a loss), got shape "
-                                 f"{self.shape}; pass grad= (an array of that shape) or reduce it first, e.g. .sum()")
-            # A leaf keeps its gradient as .grad, which must not be the shared seed.
-            seed = unit_seed(self.data) if self.creator is not None else backend.get_array_module(
-                self.data).ones_like(self.data)
-        else:
-            seed = grad.data if isinstance(grad, Tensor) else grad
-            xp = backend.get_array_module(self.data, seed)  # the same device, or DeviceError
-            seed = xp.array(seed, dtype=self.dtype)  # a copy: .grad never aliases the caller's array
-            if seed.shape != self.shape:
-                raise ValueError(f"grad has shape {seed.shape}, but the tensor has shape {self.shape}")
-        if self.creator is None:
-            accumulate(self, seed)
-        else:
-            run_backward(self.creator, seed)
+        if isinstance(grad, Tensor):
+            grad = grad.data
+        _backprop.backward(self, grad)
 
     # -- operators (the Function classes are in xpgrad.functions) ------------
 
@@ -223,6 +208,19 @@ class Tensor:
 
     def __getitem__(self, index):
         return _f.GetItem(index)(self)
+
+    # In place, as PyTorch's: ``p -= lr * p.grad`` under no_grad() updates p's data (and its views).
+    def __iadd__(self, other):
+        return _backprop.in_place(self, *_unwrap(other), "+=")
+
+    def __isub__(self, other):
+        return _backprop.in_place(self, *_unwrap(other), "-=")
+
+    def __imul__(self, other):
+        return _backprop.in_place(self, *_unwrap(other), "*=")
+
+    def __itruediv__(self, other):
+        return _backprop.in_place(self, *_unwrap(other), "/=")
 
     # -- methods --------------------------------------------------------------
 
@@ -382,6 +380,11 @@ def _binary(tensor_op, scalar_op, a, b):
                                 f"{type(c).__name__} {c!r:.40}")
             return scalar_op(float(c))(b if c is a else a)
     return tensor_op()(as_tensor(a), as_tensor(b))
+
+
+def _unwrap(other):
+    """(data, requires_grad) of a Tensor; (other, False) for anything else."""
+    return (other.data, other.requires_grad) if isinstance(other, Tensor) else (other, False)
 
 
 class _Functions:

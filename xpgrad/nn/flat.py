@@ -80,7 +80,7 @@ class FlatParameters:
             if t.data is not view:
                 raise ValueError(
                     f"parameter {name}'s data was replaced after nn.flatten_parameters, so the optimizer's flat "
-                    "update no longer reaches it; update parameters in place (with no_grad(): p.data[...] = new), "
+                    "update no longer reaches it; update parameters in place (with xpgrad.no_grad(): p -= lr * p.grad), "
                     "or call nn.flatten_parameters(model) again and make a new optimizer")
 
     def move(self, device=None, dtype=None) -> None:
