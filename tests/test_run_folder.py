@@ -338,3 +338,15 @@ def test_an_out_or_lock_that_is_not_what_it_should_be_is_one_line(tiny, tmp_path
     (out / ".xpgrad.lock").mkdir(parents=True)
     assert_user_error(xpgrad("train", *RUN, "--data-dir", data, "--out", out, tmp_path=tmp_path),
                       f"cannot lock --out {out} (.xpgrad.lock: ")
+
+
+def test_a_run_folder_closed_unused_takes_the_parents_it_made_with_it(tmp_path):
+    """`--out runs/a/b` for a run that never writes: runs/, a/ and b/ all go; a parent holding anything stays."""
+    from xpgrad.training.runfolder import RunFolder
+    RunFolder.open(tmp_path / "runs" / "a" / "b", fresh=True).close()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").mkdir()
+    folder = RunFolder.open(tmp_path / "runs" / "a" / "b", fresh=True)
+    (tmp_path / "runs" / "a" / "keep").write_text("another run's")
+    folder.close()
+    assert sorted(p.name for p in (tmp_path / "runs").rglob("*")) == ["a", "keep"]

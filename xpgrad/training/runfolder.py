@@ -47,8 +47,9 @@ class RunFolder:
 
     ``path`` is the folder; ``checkpoint``, ``metrics`` and ``curves`` the paths
     of its three outputs. ``replacing``: an earlier run's outputs are still to
-    be removed (``overwrite``); ``created``: this run made the folder, so it is
-    removed again if the run ends having written nothing.
+    be removed (``overwrite``); ``created``: the folders this run made (the
+    folder and its missing parents, leaf first), removed again if the run
+    ends having written nothing.
     """
 
     #: This process writes the run's files (in a distributed run, rank 0 only: xpgrad.distributed.job.Bystander).
@@ -60,7 +61,7 @@ class RunFolder:
         self.metrics = os.path.join(self.path, METRICS)
         self.curves = os.path.join(self.path, CURVES)
         self.replacing = False
-        self.created = False  # made by this run: removed again if the run ends having written nothing
+        self.created = []  # made by this run: removed again if the run ends having written nothing
         self._lock_fd = None
 
     @classmethod
@@ -95,7 +96,7 @@ class RunFolder:
             what = "a file" if os.path.isfile(out) else kind_of(os.stat(out).st_mode)
             raise RunFolderError(f"--out {out} is {what}, not a folder; pass a folder for the run's outputs")
         try:
-            self.created = not os.path.lexists(out)
+            self.created = _missing_folders(out)  # out and the parents makedirs makes, leaf first
             os.makedirs(out, exist_ok=True)
             with tempfile.TemporaryFile(dir=out):  # unnamed (O_TMPFILE): nothing to leave behind
                 pass
@@ -144,9 +145,11 @@ class RunFolder:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     os.unlink(path)
             os.close(fd)
-            if self.created:  # a run that never wrote anything leaves no folder behind
-                with contextlib.suppress(OSError):
-                    os.rmdir(self.path)
+            for folder in self.created:  # a run that never wrote anything leaves no folder behind (nor runs/)
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty: something was written there, by this run or another process
+                    break
 
     def _check_outputs(self) -> None:
         """Every output is absent or a file, so no epoch of work is lost to a write that cannot succeed."""
@@ -285,3 +288,15 @@ def plot_curves(metrics, path) -> bool:
     finally:
         plt.close(fig)
     return True
+
+
+def _missing_folders(path) -> list:
+    """The folders ``os.makedirs(path)`` would create: path and its missing parents, leaf first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
