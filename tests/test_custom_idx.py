@@ -129,6 +129,7 @@ def test_the_structural_checks_hold_for_your_own_files(tmp_path, how):
     proc = xpgrad("train", "--dataset", "idx", "--data-dir", folder, *TINY, "--out", tmp_path / "out",
                   tmp_path=tmp_path)
     assert_user_error(proc, BROKEN[how])
+    assert "re-download" not in proc.stderr  # your own files are not downloaded: the fix is to write them again
     assert not (tmp_path / "out" / "checkpoint.npz").exists()
 
 

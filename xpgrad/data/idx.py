@@ -30,7 +30,8 @@ LABEL_MAGIC = 0x00000801  # ubyte, 1 dim
 #: The number of classes of the known datasets.
 NUM_CLASSES = 10
 
-FIX = "delete it to re-download, or pass --data-dir with good copies"
+FIX = "delete it to re-download, or pass --data-dir with good copies"  # a file of a registered dataset
+OWN_FIX = "write it again, or replace it with a good copy"  # a file of your own (--dataset idx, read_idx)
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_BYTES = int(np.iinfo(np.intp).max)  # the largest array NumPy can make, in bytes (uint8: elements)
 _CHUNK = 1 << 20
@@ -122,30 +123,30 @@ def _expected_from_name(path: Path) -> tuple[str | None, int | None]:
     return match.group(2).split("-")[0], SPLIT_SIZES[split]
 
 
-def _parse_header(head: bytes, label: str, kind, count, image_shape) -> tuple[str, tuple, int]:
+def _parse_header(head: bytes, label: str, kind, count, image_shape, fix: str) -> tuple[str, tuple, int]:
     """(kind found, dims, header size) from the first bytes; every mismatch is a DataError."""
     if len(head) < 4:
-        raise DataError(f"{label}: only {len(head)} bytes, too short for an IDX header; {FIX}")
+        raise DataError(f"{label}: only {len(head)} bytes, too short for an IDX header; {fix}")
     magic = int.from_bytes(head[:4], "big")
     found = {IMAGE_MAGIC: "images", LABEL_MAGIC: "labels"}.get(magic)
     if found is None:
         raise DataError(
             f"{label}: not an MNIST IDX file (magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
-            f"for images or 0x{LABEL_MAGIC:08x} for labels, unsigned bytes); {FIX}"
+            f"for images or 0x{LABEL_MAGIC:08x} for labels, unsigned bytes); {fix}"
         )
     if kind is not None and found != kind:
         raise DataError(f"{label}: holds {found} where {kind} are expected (magic 0x{magic:08x}); "
-                        f"the files are mixed up: {FIX}")
+                        f"the files are mixed up: {fix}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(head) < header:
-        raise DataError(f"{label}: truncated IDX header ({len(head)} bytes, need {header}); {FIX}")
+        raise DataError(f"{label}: truncated IDX header ({len(head)} bytes, need {header}); {fix}")
     dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if found == "images" and image_shape is not None and dims[1:] != tuple(image_shape):
         want = "x".join(map(str, image_shape))
-        raise DataError(f"{label}: images are {dims[1]}x{dims[2]}, expected {want}; {FIX}")
+        raise DataError(f"{label}: images are {dims[1]}x{dims[2]}, expected {want}; {fix}")
     if found == "images" and 0 in dims[1:]:
-        raise DataError(f"{label}: images of {dims[1]}x{dims[2]} pixels hold nothing; {FIX}")
+        raise DataError(f"{label}: images of {dims[1]}x{dims[2]} pixels hold nothing; {fix}")
     # Python's ints do not overflow; NumPy's sizes do. Each image's size counts even when there are no images:
     # NumPy refuses a (0, rows, cols) array whose rows * cols bytes it could not address.
     item, total = math.prod(dims[1:]), math.prod(dims)
@@ -153,9 +154,9 @@ def _parse_header(head: bytes, label: str, kind, count, image_shape) -> tuple[st
         what = f"images of {dims[1]}x{dims[2]} pixels" if found == "images" else "labels"
         size = f"{item} bytes each" if item > _MAX_BYTES else f"{total} bytes in all"
         raise DataError(f"{label}: its header says {dims[0]} {what}, {size}, more than an array can hold "
-                        f"({_MAX_BYTES} bytes); {FIX}")
+                        f"({_MAX_BYTES} bytes); {fix}")
     if count is not None and dims[0] != count:
-        raise DataError(f"{label}: {_count_problem(dims[0], count, found)}; {FIX}")
+        raise DataError(f"{label}: {_count_problem(dims[0], count, found)}; {fix}")
     return found, dims, header
 
 
@@ -169,11 +170,12 @@ def _count_problem(found: int, expected: int, kind: str) -> str:
     return f"holds {found} {kind}, expected {expected}{per_image}"
 
 
-def read_file(path: Path, kind, count, image_shape, num_classes, raw_algorithm="sha256", label=None):
+def read_file(path: Path, kind, count, image_shape, num_classes, raw_algorithm="sha256", label=None, fix=OWN_FIX):
     """(array, payload sha256, ``raw_algorithm`` digest of the file's bytes) of one IDX file.
 
     ``kind``, ``count`` and ``image_shape`` are checked when not None (see
-    :func:`read_idx`); ``label`` names the file in messages (default: its path).
+    :func:`read_idx`); ``label`` names the file in messages (default: its path), which end in
+    ``fix``: what to do about a bad file (for a registered dataset's, :data:`FIX`).
     """
     label = label or str(path)
     raw_hash, payload_hash = hashlib.new(raw_algorithm), hashlib.sha256()
@@ -181,7 +183,7 @@ def read_file(path: Path, kind, count, image_shape, num_classes, raw_algorithm="
         with open_regular(path) as f:
             stream = _Payload(f, raw_hash)
             head = stream.read(16 if kind != "labels" else 8)
-            found, dims, header = _parse_header(head, label, kind, count, image_shape)
+            found, dims, header = _parse_header(head, label, kind, count, image_shape, fix)
             size = header + math.prod(dims)
             stream.raw_limit = size + size // 100 + (1 << 16)  # deflate never grows data by more
             body = bytearray(head)
@@ -197,17 +199,17 @@ def read_file(path: Path, kind, count, image_shape, num_classes, raw_algorithm="
         raise DataError(f"{label}: cannot read it ({exc.strerror or exc}); check it, or pass --data-dir "
                         "to a folder with good copies") from None
     except (_Corrupt, zlib.error, EOFError) as exc:
-        raise DataError(f"{label}: corrupt gzip data ({exc}); {FIX}") from None
+        raise DataError(f"{label}: corrupt gzip data ({exc}); {fix}") from None
     if len(body) < size:
-        raise DataError(f"{label}: truncated: {len(body)} bytes, but its header {dims} needs exactly {size}; {FIX}")
+        raise DataError(f"{label}: truncated: {len(body)} bytes, but its header {dims} needs exactly {size}; {fix}")
     if len(body) > size or extra:
         raise DataError(f"{label}: trailing bytes: more than the {size} bytes its header {dims} needs "
-                        f"(reading stopped at the first byte past them); {FIX}")
+                        f"(reading stopped at the first byte past them); {fix}")
     payload_hash.update(body)
     array = np.frombuffer(body, np.uint8, offset=header).reshape(dims)
     if found == "labels" and array.size and int(array.max()) >= num_classes:
         bad = int(np.argmax(array >= num_classes))
-        raise DataError(f"{label}: label {array[bad]} at index {bad} is outside 0..{num_classes - 1}; {FIX}")
+        raise DataError(f"{label}: label {array[bad]} at index {bad} is outside 0..{num_classes - 1}; {fix}")
     return array, payload_hash.hexdigest(), raw_hash.hexdigest()
 
 
@@ -238,7 +240,7 @@ def read_verified(path: Path, spec: IdxFile, label: str | None = None) -> tuple[
     label = label or str(path)
     algorithm, expected_gz = spec.gz_hash.split(":")
     array, payload_sha256, actual_gz = read_file(Path(path), spec.kind, spec.count, IMAGE_SHAPE, NUM_CLASSES,
-                                             algorithm, label)
+                                             algorithm, label, FIX)
     if payload_sha256 == spec.payload_sha256 or actual_gz == expected_gz:
         return array, payload_sha256
     payload_part = f"payload sha256 {payload_sha256}"
