@@ -14,9 +14,25 @@ far. Mask number ``c`` is SplitMix64's stream seeded with
 ``mix(key ^ mix(c + golden))``, one value per element: pure integer
 arithmetic, so the CPU and a GPU draw the same masks, bit for bit, and a
 resumed run draws exactly the masks an uninterrupted one would.
+
+**Data parallelism** splits a global batch's rows over processes, and both
+ops look at the whole batch: a :class:`BatchSlice`, entered around the step
+(the Trainer's step enters the one that
+:meth:`xpgrad.distributed.parallel.DataParallel.batch_slice` gives), says
+which rows this process holds and how to sum over the others. Dropout then
+draws, for each of its rows, the bits one process draws for that row of the
+whole batch (the element numbers start at the slice's first element), and
+BatchNorm2d in training normalizes by the global batch's statistics and sums
+its backward's two per-channel terms over the processes (as PyTorch's
+SyncBatchNorm). Only host integers (the slice's rows) and the sums on the
+device enter the step: a recorded CUDA graph keeps the row offset and the
+counts as constants, and the sums as collectives on its stream. Outside any
+slice (:data:`WHOLE`) one process holds the whole batch and nothing changes.
 """
 
 from __future__ import annotations
+
+import contextvars
 
 import numpy
 
@@ -34,14 +50,50 @@ def _mix(z):
     return z ^ (z >> numpy.uint64(31))
 
 
-def random_bits(state, size: int):
+def random_bits(state, size: int, offset: int = 0):
     """``size`` random uint64s from ``state`` ((2,) uint64: key, counter), and the counter advanced by one,
-    in place, on the state's device; nothing is read on the host."""
+    in place, on the state's device; nothing is read on the host. They are numbers ``offset .. offset+size``
+    of the mask's stream: ``random_bits(s, n, k)`` is ``random_bits(s, k + n)[k:]`` for the same state."""
     xp = get_array_module(state)
     key = _mix(state[0:1] ^ _mix(state[1:2] + _GOLDEN))  # (1,)-shaped, so NumPy wraps instead of warning
-    bits = _mix(xp.arange(1, size + 1, dtype=xp.uint64) * _GOLDEN + key)
+    bits = _mix(xp.arange(offset + 1, offset + size + 1, dtype=xp.uint64) * _GOLDEN + key)
     state[1:2] += numpy.uint64(1)
     return bits
+
+
+class BatchSlice:
+    """Rows ``[start, stop)`` of a global batch of ``rows`` rows, held by this process; ``allreduce(array)``
+    sums a small contiguous device array over the processes that hold the other rows, in place (None: this
+    process holds them all). Entered (``with``), it is the slice the ops of the block see
+    (:func:`current_slice`): entering it again, as each step does, is cheap, and leaving restores the
+    slice before. An op's input must have the batch's rows on its first axis."""
+
+    def __init__(self, start: int = 0, stop: int | None = None, rows: int | None = None, allreduce=None):
+        self.start, self.stop, self.rows, self.allreduce = int(start), stop, rows, allreduce
+        self._tokens = []
+
+    def check(self, x, op: str) -> None:
+        """ValueError unless ``x`` has this process's rows of the batch on its first axis."""
+        if self.stop is not None and (x.ndim == 0 or x.shape[0] != self.stop - self.start):
+            raise ValueError(f"{op} under data parallelism takes the batch's rows on the first axis (this process "
+                             f"holds {self.stop - self.start} of {self.rows}), got an input of shape {x.shape}")
+
+    def __enter__(self):
+        self._tokens.append(_slice.set(self))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _slice.reset(self._tokens.pop())
+
+
+#: The slice outside any other: one process holds the whole batch.
+WHOLE = BatchSlice()
+_slice = contextvars.ContextVar("xpgrad_batch_slice", default=WHOLE)  # per thread, as grad mode is
+
+
+def current_slice() -> BatchSlice:
+    """The :class:`BatchSlice` entered last in this thread, else :data:`WHOLE`."""
+    return _slice.get()
 
 
 def new_state(seed: int, xp=numpy):
@@ -52,7 +104,8 @@ def new_state(seed: int, xp=numpy):
 class Dropout(Op):
     """``x * mask``: each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``, else zeroed,
     as ``torch.nn.functional.dropout`` in training. The mask is drawn from ``state`` (see :func:`random_bits`)
-    and advances it. ``backward(gy)`` returns ``gy * mask``. ``p`` is the probability of a zero.
+    and advances it. ``backward(gy)`` returns ``gy * mask``. ``p`` is the probability of a zero. In a
+    :class:`BatchSlice`, the rows draw the bits one process draws for them in the whole batch.
     """
 
     def __init__(self, p: float):
@@ -69,7 +122,7 @@ class Dropout(Op):
         else:
             # Kept where the 64 random bits, read as a fraction of 2**64, are at least p.
             threshold = numpy.uint64(min(int(self.p * 2.0**64), 2**64 - 1))
-            keep = (random_bits(state, x.size) >= threshold).reshape(x.shape)
+            keep = (random_bits(state, x.size, _first_element(x)) >= threshold).reshape(x.shape)
             mask = xp.multiply(keep, x.dtype.type(1.0 / (1.0 - self.p)), dtype=x.dtype)
         self.mem = {"mask": mask}
         return x * mask
@@ -77,6 +130,15 @@ class Dropout(Op):
     def backward(self, gy):
         """``gy * mask``: the gradient goes where forward kept x, scaled as it was."""
         return gy * self.mem["mask"]
+
+
+def _first_element(x) -> int:
+    """The number, in the whole batch, of the first element of ``x`` (this process's rows of it)."""
+    batch = current_slice()
+    if batch.stop is None:
+        return 0
+    batch.check(x, "dropout")
+    return batch.start * (x.size // x.shape[0])
 
 
 def _channel_sums(a):
@@ -91,6 +153,33 @@ def check_probability(p) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
+def _global_count(x, batch: BatchSlice) -> int:
+    """Values per channel in the whole batch, of which ``x`` (N, C, H, W) holds ``batch``'s rows."""
+    if batch.allreduce is None:
+        return x.size // x.shape[1]
+    batch.check(x, "batch_norm")
+    return batch.rows * x.shape[2] * x.shape[3]
+
+
+def _batch_statistics(xc, count: int, allreduce):
+    """The batch's per-channel mean (C,), ``xc - mean`` and biased variance (C,), of xc (C, H, W, N). With
+    ``allreduce`` xc is this process's rows of a batch of ``count`` values a channel: two passes, each summed
+    over the processes (the sums, then the squared deviations from the global mean: no cancellation)."""
+    dtype = xc.dtype.type
+    if allreduce is None:
+        mean = xc.mean(axis=(1, 2, 3))
+        xhat = xc - mean[:, None, None, None]
+        return mean, xhat, _channel_sums(xhat * xhat) / dtype(count)
+    mean = _channel_sums(xc)
+    allreduce(mean)
+    mean /= dtype(count)
+    xhat = xc - mean[:, None, None, None]
+    var = _channel_sums(xhat * xhat)
+    allreduce(var)
+    var /= dtype(count)
+    return mean, xhat, var
+
+
 class BatchNorm2d(Op):
     """Batch normalization over the (N, H, W) of each channel of x (N, C, H, W), as
     ``torch.nn.functional.batch_norm``: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
@@ -102,6 +191,10 @@ class BatchNorm2d(Op):
     or None) counts the updates. In evaluation the running estimates
     normalize and nothing changes. ``weight`` and ``bias`` may be None (no
     affine step). ``backward(gy)`` returns ``(gx, gweight, gbias)``.
+
+    In training in a :class:`BatchSlice` that sums over processes, the
+    statistics, the running estimates and gx are the global batch's; gweight
+    and gbias are this process's rows' part, for the gradient's own sum.
     """
 
     def __init__(self, training: bool, momentum: float = 0.1, eps: float = 1e-5):
@@ -115,21 +208,20 @@ class BatchNorm2d(Op):
             raise ValueError(f"batch_norm takes an (N, C, H, W) input and (C,) statistics, got shapes {x.shape} "
                              f"and {running_mean.shape}")
         xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N): contiguous per channel when x comes from a convolution
-        count = x.size // x.shape[1]
+        batch = current_slice() if self.training else WHOLE
+        count = _global_count(x, batch)
         dtype = x.dtype.type
         if self.training:
             if count < 2:
                 raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input {x.shape}")
-            mean = xc.mean(axis=(1, 2, 3))
-            xhat = xc - mean[:, None, None, None]
-            var = _channel_sums(xhat * xhat) / dtype(count)
+            mean, xhat, var = _batch_statistics(xc, count, batch.allreduce)
             self._update_running(running_mean, running_var, num_batches_tracked, mean, var, count)
         else:
             mean, var = running_mean, running_var
             xhat = xc - mean[:, None, None, None]
         invstd = dtype(1) / xp.sqrt(var + dtype(self.eps))
         xhat *= invstd[:, None, None, None]
-        self.mem = {"xhat": xhat, "invstd": invstd, "weight": weight, "count": count}
+        self.mem = {"xhat": xhat, "invstd": invstd, "weight": weight, "count": count, "allreduce": batch.allreduce}
         y = xhat * weight[:, None, None, None] if weight is not None else xhat.copy()
         if bias is not None:
             y += bias[:, None, None, None]
@@ -157,9 +249,14 @@ class BatchNorm2d(Op):
         if not self.training:  # the statistics are constants
             return (g * scale[:, None, None, None]).transpose(3, 0, 1, 2), gweight, gbias
         n = gy.dtype.type(m["count"])
+        total_bias, total_weight = gbias, gweight
+        if m["allreduce"] is not None:  # the global batch's sums; gweight and gbias stay this process's own
+            totals = xp.stack([gbias, gweight])
+            m["allreduce"](totals)
+            total_bias, total_weight = totals
         # d/dx of (x - mean) * invstd, both of the batch: gy, less its mean and its projection on xhat.
-        gx = xhat * (gweight / n)[:, None, None, None]
-        gx += (gbias / n)[:, None, None, None]
+        gx = xhat * (total_weight / n)[:, None, None, None]
+        gx += (total_bias / n)[:, None, None, None]
         xp.subtract(g, gx, out=gx)
         gx *= scale[:, None, None, None]
         return gx.transpose(3, 0, 1, 2), gweight, gbias

@@ -17,6 +17,14 @@ A head that sums over the batch (the notebook's) needs no weight. The update
 then runs on every rank from the same summed gradient, so the parameters stay
 the same everywhere, and a checkpoint does not depend on the number of ranks.
 
+The ops that see the whole batch see the global one: the step runs in this
+rank's :class:`xpgrad.modeops.BatchSlice` (:meth:`DataParallel.batch_slice`),
+so a Dropout draws for each row the mask one process draws for it, and a
+BatchNorm2d in training normalizes by the global batch's statistics, summed
+over the ranks in its forward and backward passes (as PyTorch's
+SyncBatchNorm). Its running estimates are then the same on every rank, and
+the same as one process's.
+
 :class:`Solo` is one process: every hook is the identity, so a run without
 ``--distributed`` computes exactly what it did before.
 """
@@ -25,7 +33,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import backend
+from .. import backend, modeops
 from ..backend import get_ops
 
 
@@ -56,6 +64,14 @@ class Solo:
     def optimizer(self, optimizer):
         """``optimizer``, made to sum the ranks' gradients before each update."""
         return optimizer
+
+    def batch_slice(self, rows: int) -> modeops.BatchSlice:
+        """The :class:`~xpgrad.modeops.BatchSlice` a step on this rank's part of a global batch of ``rows``
+        runs in (for one thread)."""
+        return modeops.BatchSlice()
+
+    def share(self, model) -> None:
+        """Give every rank rank 0's buffers of ``model`` (dropout states, running statistics)."""
 
     def sums(self, loss_sum, correct) -> tuple[float, int]:
         """The loss and correct-prediction sums (0-d device arrays) over every rank, on the host."""
@@ -93,6 +109,21 @@ class DataParallel(Solo):
 
     def optimizer(self, optimizer):
         return DistributedOptimizer(optimizer, self.comm)
+
+    def batch_slice(self, rows: int) -> modeops.BatchSlice:
+        start, stop = self.part(rows)
+        return modeops.BatchSlice(start, stop, rows, self._allreduce)
+
+    def _allreduce(self, array) -> None:
+        self.comm.allreduce(array, "the batch norm statistics")
+
+    def share(self, model) -> None:
+        # Set-up, on the host (their dtypes include integers, which NCCL does not sum): a model file may draw
+        # a dropout's key without the run's seed, as it may its weights, which DistributedOptimizer shares.
+        buffers = dict(model.named_buffers())
+        state = self.comm.broadcast_object({name: backend.to_numpy(b) for name, b in buffers.items()})
+        for name, value in state.items():
+            backend.copy_into(buffers[name], value)
 
     def consolidate(self, optimizer) -> None:
         optimizer.consolidate()

@@ -20,7 +20,9 @@ written once and kept fast on both backends:
 * with ``parallel`` (:class:`xpgrad.distributed.parallel.DataParallel`) the
   process is one rank of a data-parallel run: it takes its part of every batch
   and of the test set, its gradients are summed with the other ranks' before
-  each update, and the sums it reports are everyone's. Without it every hook
+  each update, its Dropout and BatchNorm2d layers see the global batch (the
+  step runs in its :class:`~xpgrad.modeops.BatchSlice`), and the sums it
+  reports are everyone's. Without it every hook
   is the identity (:class:`~xpgrad.distributed.parallel.Solo`).
 """
 
@@ -114,6 +116,7 @@ class Trainer:
         self.spec = ModelSpec(config.model)
         self.model_sha256 = self.spec.sha256()
         self.model = self._build_model()
+        self.parallel.share(self.model)
         self.parameters = nn.flatten_parameters(self.model)
         kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
         try:
@@ -186,15 +189,18 @@ class Trainer:
         """The step for ``batch``, this rank's part of global batches of ``rows`` rows (None: all of them)."""
         model, head, optimizer, stats = self.model, self.head, self.optimizer, self.batches.stats
         mine = batch.t.shape[0]
-        weight = self.parallel.loss_weight(mine, mine if rows is None else rows, head, self.device, self.dtype)
+        rows = mine if rows is None else rows
+        weight = self.parallel.loss_weight(mine, rows, head, self.device, self.dtype)
+        part_of_batch = self.parallel.batch_slice(rows)  # what Dropout and BatchNorm2d see of the global batch
         x = Tensor(batch.x)
 
         def step():
-            batch.load()
-            loss = head(model(x), batch.t, stats)
-            optimizer.zero_grad()
-            loss.backward(weight)
-            optimizer.step()
+            with part_of_batch:
+                batch.load()
+                loss = head(model(x), batch.t, stats)
+                optimizer.zero_grad()
+                loss.backward(weight)
+                optimizer.step()
 
         return step
 
