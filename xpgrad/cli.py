@@ -1,12 +1,13 @@
 """The ``xpgrad`` command: ``train``, ``eval``, ``info`` and ``gradcheck``.
 
-User errors (bad options, bad data, no GPU, bad checkpoints, divergence, a
-failed write) end with one line on stderr and exit 1 (2 for a bad option),
-never a traceback. SIGINT, SIGTERM and SIGHUP end with one line too, saying
-what is kept, and exit 128 + the signal's number (130, 143, 129). A closed
-stdout never stops training; ``info`` and ``gradcheck``, whose only output it
-is, then stop quietly with 141, as a Unix tool killed by SIGPIPE would. A
-closed stderr loses the messages, never the exit status.
+User errors (bad options, bad data, no GPU, bad checkpoints, a model file
+that fails, divergence, a failed write) end with one line on stderr and exit
+1 (2 for a bad option), never a traceback. SIGINT, SIGTERM and SIGHUP end
+with one line too, saying what is kept, and exit 128 + the signal's number
+(130, 143, 129). A closed stdout never stops training; ``info`` and
+``gradcheck``, whose only output it is, then stop quietly with 141, as a Unix
+tool killed by SIGPIPE would. A closed stderr loses the messages, never the
+exit status.
 
 Only the standard library and small modules are imported at the top, so the
 signal handlers are in place before NumPy and CuPy load.
@@ -90,7 +91,8 @@ _EVAL_BATCH_HELP = ("test images evaluated at a time (default: as many as fit in
 def build_parser() -> argparse.ArgumentParser:
     from .data import CUSTOM, DATASETS  # noqa: PLC0415 - keeps `xpgrad --help` light
     from .optim import OPTIMIZERS  # noqa: PLC0415
-    from .training import DTYPES, RECIPES  # noqa: PLC0415
+    from .models import BUILTIN  # noqa: PLC0415
+    from .training import DTYPES, RECIPES, Config  # noqa: PLC0415
     from .training.config import positive_number, whole_number  # noqa: PLC0415
 
     parser = _Parser(prog="xpgrad", description="Readable autodiff on NumPy and CuPy: train the notebook's MLP, "
@@ -99,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model on MNIST, Fashion-MNIST, Kuzushiji-MNIST or your own IDX files",
-                           description="Train the 784-100-10 MLP, or your own model (--model). "
+                           description=f"Train a built-in model ({', '.join(BUILTIN)}) or your own (--model). "
                                        "Options left out come from --recipe.")
     train.add_argument("--model", type=_model, default=None, metavar="SPEC",
-                       help="mlp (the default), path/to/file.py:NAME or package.module:NAME, where NAME(input_shape, "
-                            "num_classes) returns an xpgrad.nn.Module")
+                       help=f"a built-in model ({', '.join(BUILTIN)}; default: the --recipe's), path/to/file.py:NAME "
+                            "or package.module:NAME, where NAME(input_shape, num_classes) returns an xpgrad.nn.Module")
     train.add_argument("--dataset", choices=[*DATASETS, CUSTOM], default=None,
                        help="default: mnist; idx: your own four IDX files in --data-dir")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads for the CPU's matrix products (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
                             "if set, else every core)")
     train.add_argument("--recipe", choices=list(RECIPES), default=None,
-                       help="default: a modern recipe (Adam, He init); 'notebook' reproduces the notebook")
+                       help="where the options left out come from (default: default): " + "; ".join(
+                           f"{name} ({Config.from_recipe(name).summary()})" for name in RECIPES))
     train.add_argument("--data-dir", type=_path, default=None, help="use only this folder for the dataset files")
     train.add_argument("--out", type=_path, default=None, help="folder for metrics.jsonl, checkpoint.npz, curves.png "
                                                                "(default: runs/<dataset>-<recipe>)")

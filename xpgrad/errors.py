@@ -31,6 +31,11 @@ class DivergenceError(XpgradError):
     """Training produced NaN or inf."""
 
 
+class ModelError(XpgradError):
+    """A model (``--model``) that cannot be loaded, built, trained or evaluated: the message names its file or
+    module, what it did, and what was expected (see :mod:`xpgrad.training.blame`)."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """``"TypeName: message"`` on one line (whitespace collapsed), cut to ``limit`` characters."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -5,6 +5,7 @@ module          what it holds
 ==============  ===========================================================
 ``config``      the recipes and the :class:`Config` saved in checkpoints
 ``modelspec``   ``--model``: the built-in models, or your own file or module
+``blame``       whether a failure in a run is the model's, and the one line that says so
 ``inputs``      the dataset normalized onto the device
 ``batches``     an epoch's batch order, counter and sums on the device
 ``heads``       loss heads: fused cross-entropy, or the notebook's Softmax -> Log

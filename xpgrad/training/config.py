@@ -186,6 +186,12 @@ class Config:
         d["hidden"] = list(self.hidden)
         return d
 
+    def summary(self) -> str:
+        """The fields a recipe sets, in a few words: ``mlp, adam at lr 0.002, 15 epochs, batches of 128, ...``."""
+        batch = "full batch" if self.batch_size == 0 else f"batches of {self.batch_size}"
+        return (f"{self.model}, {self.optimizer} at lr {self.lr:g}, {self.epochs} epochs, {batch}, {self.dtype}, "
+                f"{self.init} init, {self.normalize}d inputs")
+
     def validate(self) -> None:
         """Check every field by :data:`RULES`; raise XpgradError naming the option (``--batch-size ...``)."""
         for name, check in RULES.items():

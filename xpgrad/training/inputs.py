@@ -14,7 +14,7 @@ import math
 import numpy
 
 from .. import backend
-from ..errors import XpgradError
+from ..errors import DataError, XpgradError
 from .config import Config
 
 
@@ -30,6 +30,14 @@ def normalization(config: Config, x_train_uint8) -> tuple[float, float]:
         values = numpy.arange(256) / 255.0
         mean = float(counts @ values / counts.sum())
         var = float(counts @ (values - mean) ** 2 / counts.sum())
+        if var == 0:
+            # torchvision's Normalize would divide by zero and train on NaN; nothing can be learned from
+            # blank images, so say so rather than invent a scale.
+            raise DataError(
+                f"every pixel of the {config.dataset} training images has the value {int(numpy.argmax(counts))}, "
+                f"so their standard deviation is 0 and the {config.recipe} recipe cannot standardize them "
+                "((x - mean) / std); check that the image files hold the images, or use --recipe notebook, "
+                "which only scales pixels to [0, 1]")
         return mean, math.sqrt(var)
     raise XpgradError(f"unknown normalization {config.normalize!r}; use 'scale' or 'standardize'")
 

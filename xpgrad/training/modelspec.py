@@ -13,7 +13,8 @@ the dataset's real values, inside :func:`xpgrad.nn.init.defaults` (the run's
 seed and dtype), and must return an :class:`xpgrad.nn.Module` with parameters
 that maps a ``(N, *input_shape)`` Tensor to ``(N, num_classes)`` logits. Any
 way it fails is one line naming the file, what happened and what was
-expected; ``XPGRAD_DEBUG=1`` shows the traceback instead.
+expected; ``XPGRAD_DEBUG=1`` shows the traceback instead. So is a failure in
+training or evaluation that is the model's (:mod:`.blame` says which are).
 """
 
 from __future__ import annotations
@@ -27,18 +28,15 @@ import re
 import sys
 
 from .. import nn
-from ..errors import XpgradError, one_line
+from ..errors import ModelError
 from ..files import open_regular
 from ..models import BUILTIN
 from ..tensor import Tensor, no_grad
+from .blame import logits_problem, reporting
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _HINT = "use a built-in model (" + ", ".join(BUILTIN) + "), path/to/file.py:NAME or package.module:NAME"
-
-
-class ModelError(XpgradError):
-    """A model spec that cannot be loaded, built or trained."""
 
 
 def check_spec(text) -> str:
@@ -98,27 +96,39 @@ class ModelSpec:
         module = self._load_file() if self.kind == "file" else self._import()
         fn = getattr(module, self.name, None)
         if fn is None:
-            raise ModelError(f"{self._where()} defines no {self.name}; expected a function or class {self.name}"
+            raise ModelError(f"{self.named()} defines no {self.name}; expected a function or class {self.name}"
                              f"(input_shape, num_classes) that returns an xpgrad.nn.Module")
         if not callable(fn):
-            raise ModelError(f"{self._where()}: {self.name} is a {type(fn).__name__}, not a function or class")
+            raise ModelError(f"{self.named()}: {self.name} is a {type(fn).__name__}, not a function or class")
         return fn
 
-    def _where(self) -> str:
-        return f"model file {self.path}" if self.kind == "file" else f"model module {self.where}"
+    def named(self) -> str:
+        """How messages name the model: ``model file PATH``, ``model module NAME``, or ``model`` (built-in)."""
+        return {"file": f"model file {self.path}", "module": f"model module {self.where}"}.get(self.kind, "model")
+
+    def source_folders(self) -> list[str]:
+        """The folders of the model's code (a file's folder, a module's top-level package; none for a built-in
+        model), whose frames in a traceback make a failure the model's (:mod:`.blame`)."""
+        if self.kind == "file":
+            return [os.path.realpath(os.path.dirname(self.path))]
+        top = sys.modules.get(self.where.split(".")[0]) if self.kind == "module" else None
+        if top is None:
+            return []
+        folders = list(getattr(top, "__path__", None) or [os.path.dirname(getattr(top, "__file__", None) or "")])
+        return [os.path.realpath(f) for f in folders if f]
 
     def _load_file(self):
         self.sha256()  # a missing or unreadable file is one line
         name = "xpgrad_model_" + hashlib.sha256(self.path.encode()).hexdigest()[:16]
         spec = importlib.util.spec_from_file_location(name, self.path)
         module = importlib.util.module_from_spec(spec)
-        with _reporting(f"{self._where()} raised {{}} when run", "a file that defines the model"), \
+        with reporting(self.named(), " when run", "a file that defines the model"), \
                 _on_path(os.path.dirname(self.path)):
             spec.loader.exec_module(module)
         return module
 
     def _import(self):
-        with _reporting(f"importing {self._where()} raised {{}}", "an importable module"), _on_path(os.getcwd()):
+        with reporting(f"importing {self.named()}", "", "an importable module"), _on_path(os.getcwd()):
             return importlib.import_module(self.where)
 
     def build(self, input_shape, num_classes: int, *, seed: int, dtype, options=None) -> nn.Module:
@@ -126,13 +136,13 @@ class ModelSpec:
         fn = self.factory()
         call = f"{self.name}(input_shape={tuple(input_shape)}, num_classes={num_classes})"
         kwargs = dict(options or {}) if self.kind == "builtin" else {}
-        with _reporting(f"{self._where() if self.kind != 'builtin' else 'model'}: {call} raised {{}}",
-                        "an xpgrad.nn.Module"), nn.init.defaults(seed=seed, dtype=dtype):
+        with reporting(f"{self.named()}: {call}", "", "an xpgrad.nn.Module"), \
+                nn.init.defaults(seed=seed, dtype=dtype):
             model = fn(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
         if not isinstance(model, nn.Module):
-            raise ModelError(f"{self._where()}: {call} returned {type(model).__name__}, not an xpgrad.nn.Module")
+            raise ModelError(f"{self.named()}: {call} returned {type(model).__name__}, not an xpgrad.nn.Module")
         if not any(True for _ in model.parameters()):
-            raise ModelError(f"{self._where()}: {call} returned a Module with no parameters, so there is nothing "
+            raise ModelError(f"{self.named()}: {call} returned a Module with no parameters, so there is nothing "
                              "to train; give it layers such as nn.Linear")
         return model
 
@@ -143,30 +153,13 @@ class ModelSpec:
         mode = model.training
         model.eval()
         try:
-            with _reporting(f"{self._where() if self.kind != 'builtin' else 'model'}: {call} raised {{}}",
-                            f"(N, {num_classes}) logits"), no_grad():
+            with reporting(f"{self.named()}: {call}", "", f"(N, {num_classes}) logits"), no_grad():
                 out = model(Tensor(sample))
         finally:
             model.train(mode)
-        want = (sample.shape[0], num_classes)
-        if not isinstance(out, Tensor) or tuple(out.shape) != want or out.dtype.kind != "f":
-            got = f"a {out.dtype} Tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-            raise ModelError(f"{self._where()}: {call} gave {got}; expected floating-point logits of shape {want} "
-                             f"(one row per image, one column per class)")
-
-
-@contextlib.contextmanager
-def _reporting(what: str, expected: str):
-    """An exception from the user's code becomes one ModelError line (or stays, with XPGRAD_DEBUG=1)."""
-    try:
-        yield
-    except (ModelError, MemoryError):
-        raise
-    except Exception as exc:
-        if os.environ.get("XPGRAD_DEBUG", "").strip() not in ("", "0"):
-            raise
-        raise ModelError(f"{what.format(one_line(exc, 300))}; expected {expected} "
-                         "(XPGRAD_DEBUG=1 shows the traceback)") from None
+        problem = logits_problem(out, (sample.shape[0], num_classes))
+        if problem:
+            raise ModelError(f"{self.named()}: {call} {problem}")
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ history inside it, and ``metrics.jsonl`` is then rewritten from that history.
 So the checkpoint is the single source of truth: a run stopped at any instant
 (between the two writes included) and resumed ends with exactly the metrics
 of an uninterrupted run, since resuming rewrites ``metrics.jsonl`` from the
-checkpoint first. A failed write, divergence or lack of memory ends the run
-with one line that says what is kept.
+checkpoint first. A failed write, divergence, a failure of the model (see
+:mod:`.blame`) or lack of memory ends the run with one line that says what is
+kept.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import warnings
 import numpy
 
 from .. import faults
-from ..errors import DivergenceError, XpgradError
+from ..errors import DivergenceError, ModelError, XpgradError
 from .runfolder import RunFolder, plot_curves, recover_metrics
 from .trainer import Trainer
 
@@ -66,6 +67,8 @@ def _run(trainer, folder, history, log) -> dict:
             row = _train_epochs(trainer, folder, history, log)
     except DivergenceError as exc:
         raise DivergenceError(f"{exc}; {folder.kept()}") from None
+    except ModelError as exc:  # the model failed in training or evaluation (see .blame)
+        raise ModelError(f"{exc}; {folder.kept()}") from None
     _write(folder, folder.curves, lambda: plot_curves(history, folder.curves))
     seconds = [m["seconds"] for m in history]
     return {**row, "seconds_per_epoch": sum(seconds) / len(seconds)}

@@ -37,11 +37,12 @@ from .. import backend, faults, nn
 from ..backend.memory import peak_allocation
 from ..checkpoint import MODEL_PREFIX, OPTIM_PREFIX, save_checkpoint
 from ..distributed.parallel import Solo
-from ..errors import CheckpointError, DivergenceError, XpgradError
+from ..errors import CheckpointError, DivergenceError, ModelError, XpgradError
 from ..graphstep import GraphStep
 from ..optim import ConstantSchedule, CosineSchedule, make_optimizer
 from ..tensor import Tensor, no_grad
 from .batches import Batches
+from .blame import BACKWARD, FORWARD, LOSS, UPDATE, Blame, StepFailure
 from .config import Config
 from .heads import make_head
 from .inputs import Inputs, normalization
@@ -55,15 +56,26 @@ GRAPH_MODES = ("off", "on", "auto")
 EVAL_MEMORY, EVAL_ROWS, EVAL_PROBE_ROWS = 128 << 20, 10000, 64
 
 
-def eval_rows(model, inputs, x_test, device) -> int:
+def eval_rows(model, inputs, x_test, device, blame=None) -> int:
     """How many test rows one evaluation chunk takes: the model's forward pass (eval mode, no gradients) on
-    :data:`EVAL_PROBE_ROWS` rows is measured, and the rows scaled to :data:`EVAL_MEMORY`."""
+    :data:`EVAL_PROBE_ROWS` rows is measured, and the rows scaled to :data:`EVAL_MEMORY`. ``blame`` (a
+    :class:`~.blame.Blame`) reports the model's failures."""
     probe = x_test[:EVAL_PROBE_ROWS]
     mode = model.training
+
+    def forward():
+        x = Tensor(inputs.normalize(probe))
+        try:
+            return model(x)
+        except (Exception, SystemExit) as exc:
+            if blame is not None:
+                blame.evaluation(exc, None, x.shape, f"on {len(probe)} test rows, measuring the memory it needs")
+            raise
+
     model.eval()
     try:
         with device, no_grad():
-            used = peak_allocation(lambda: model(Tensor(inputs.normalize(probe))), device)
+            used = peak_allocation(forward, device)
     finally:
         model.train(mode)
     per_row = max(1, -(-used // max(1, len(probe))))
@@ -80,8 +92,10 @@ class Trainer:
     What it holds: ``model`` (an :class:`xpgrad.nn.Module`, built from ``spec``,
     the :class:`ModelSpec` of ``config.model``, whose file's SHA-256 is
     ``model_sha256``), ``parameters`` (its :class:`~xpgrad.nn.FlatParameters`),
-    ``optimizer`` and ``head`` (the loss head); on ``device`` (whose array
-    module is ``xp``) in ``dtype``: ``x_train`` and ``x_test``, the images as
+    ``optimizer``, ``head`` (the loss head) and ``blame`` (a :class:`~.blame.Blame`:
+    a failure that is the model's becomes one line saying where and what it
+    did); on ``device`` (whose array module is ``xp``) in ``dtype``: ``x_train``
+    and ``x_test``, the images as
     (N, 1, H, W) uint8, normalized by ``inputs`` as batches are gathered
     (``batches``), ``t_train`` and ``t_test``, the labels as int32, and
     ``input_shape``, an image's (1, H, W). ``rng`` draws each epoch's batch
@@ -117,7 +131,8 @@ class Trainer:
         self.model_sha256 = self.spec.sha256()
         self.model = self._build_model()
         self.parallel.share(self.model)
-        self.parameters = nn.flatten_parameters(self.model)
+        self.parameters = self._flat_parameters()
+        self.blame = Blame(self.spec, self.parameters, dataset.num_classes)
         kwargs = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
         try:
             self.optimizer = self.parallel.optimizer(make_optimizer(config.optimizer, self.parameters, config.lr,
@@ -148,6 +163,14 @@ class Trainer:
         with self.device:
             self.spec.check_output(model, self.inputs.normalize(self.x_train[:2]), self.dataset.num_classes)
         return model
+
+    def _flat_parameters(self):
+        try:
+            return nn.flatten_parameters(self.model)
+        except ValueError as exc:
+            if self.spec.kind == "builtin":
+                raise
+            raise ModelError(f"{self.spec.named()}: its parameters cannot be trained as one buffer: {exc}") from None
 
     # -- sizes and schedule --------------------------------------------------
 
@@ -187,7 +210,7 @@ class Trainer:
 
     def _step_function(self, batch, rows=None):
         """The step for ``batch``, this rank's part of global batches of ``rows`` rows (None: all of them)."""
-        model, head, optimizer, stats = self.model, self.head, self.optimizer, self.batches.stats
+        model, head, optimizer, stats, blame = self.model, self.head, self.optimizer, self.batches.stats, self.blame
         mine = batch.t.shape[0]
         rows = mine if rows is None else rows
         weight = self.parallel.loss_weight(mine, rows, head, self.device, self.dtype)
@@ -197,10 +220,19 @@ class Trainer:
         def step():
             with part_of_batch:
                 batch.load()
-                loss = head(model(x), batch.t, stats)
-                optimizer.zero_grad()
-                loss.backward(weight)
-                optimizer.step()
+                phase, logits, loss = FORWARD, None, None
+                try:  # costs nothing until it catches; the phase says where the model failed, if it does
+                    logits = model(x)
+                    phase = LOSS
+                    loss = head(logits, batch.t, stats)
+                    phase = BACKWARD
+                    optimizer.zero_grad()
+                    loss.backward(weight)
+                    phase = UPDATE
+                    optimizer.step()
+                except (Exception, SystemExit) as exc:
+                    blame.step(exc, phase, logits, loss, x.shape)  # raises StepFailure if the model is at fault
+                    raise
 
         return step
 
@@ -248,7 +280,10 @@ class Trainer:
         full = count - (len(steps) - 1)
         pending = 0
         for k in range(count):
-            steps[0 if k < full else 1]()
+            try:
+                steps[0 if k < full else 1]()
+            except StepFailure as failure:
+                raise failure.at(self.epoch + 1, k + 1) from None
             faults.reached("step:done")
             pending += 1
             if pending == self.log_every or k == count - 1:
@@ -278,7 +313,7 @@ class Trainer:
         many as fit in :data:`EVAL_MEMORY` by a measured probe (:func:`eval_rows`), at most :data:`EVAL_ROWS`,
         then kept in the config, so the checkpoint records it and a resumed run sums its test loss alike."""
         if not self.config.eval_batch_size:
-            self.config.eval_batch_size = eval_rows(self.model, self.inputs, self.x_test, self.device)
+            self.config.eval_batch_size = eval_rows(self.model, self.inputs, self.x_test, self.device, self.blame)
         return self.config.eval_batch_size
 
     def evaluate(self, chunk=None) -> dict:
@@ -292,8 +327,16 @@ class Trainer:
             model.eval()
             try:
                 for start in range(0, n, chunk):
-                    x, t = self.x_test[start:start + chunk], self.t_test[start:start + chunk]
-                    self.head(model(Tensor(self.inputs.normalize(x))), t, stats)
+                    x = Tensor(self.inputs.normalize(self.x_test[start:start + chunk]))
+                    t = self.t_test[start:start + chunk]
+                    logits = None
+                    try:
+                        logits = model(x)
+                        self.head(logits, t, stats)
+                    except (Exception, SystemExit) as exc:
+                        rows = f"test rows {start + 1}-{start + x.shape[0]} of {n}"
+                        self.blame.evaluation(exc, logits, x.shape, rows)
+                        raise
             finally:
                 model.train()
             loss, correct = self.parallel.sums(*stats)
