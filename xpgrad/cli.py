@@ -301,7 +301,7 @@ def _cmd_train(args, checkpoint, job) -> int:
             exc.detail = folder.kept(hint=True)
             raise
     print(
-        f"done: test accuracy {result['test_accuracy']:.2%} after {result['epoch']} epochs, "
+        f"done: test accuracy {result['test_accuracy']:.2%} after {result['epoch']} epoch{'s' * (result['epoch'] != 1)}, "
         f"{result['seconds_per_epoch']:.2f} s/epoch on {_device_words(device, job)}"
     )
     return 0
