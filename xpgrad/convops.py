@@ -31,17 +31,36 @@ against 5.9 ms at batch 128); bench/cnn_epoch.py measures both.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy
+
+from .arguments import describe
 from .backend import get_array_module
 from .backend.graph import matmul
 from .ops import Op
 
 
-def pair(value, name: str) -> tuple[int, int]:
-    """``value`` (an int, or a pair of ints) as a pair of ints, as PyTorch's ``kernel_size=3`` means (3, 3)."""
-    pair_ = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(pair_) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair_):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair_
+def pair(value, name: str, low: int | None = None) -> tuple[int, int]:
+    """``value`` (an int, or a pair of ints) as a pair of ints, as PyTorch's ``kernel_size=3`` means (3, 3);
+    a TypeError naming ``name`` for anything else, and a ValueError for an int below ``low``."""
+    pair_ = (value, value) if _is_int(value) else _as_tuple(value)
+    if pair_ is None or len(pair_) != 2 or not all(_is_int(v) for v in pair_):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {describe(value)}")
+    if low is not None and min(pair_) < low:
+        raise ValueError(f"{name} must be at least {low}, got {value!r}")
+    return int(pair_[0]), int(pair_[1])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, numpy.bool_))
+
+
+def _as_tuple(value):
+    try:
+        return tuple(value)
+    except TypeError:  # not iterable: a float, None, ...
+        return None
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -114,20 +133,20 @@ def _as_rows(y):
 
 
 class Conv2d(Op):
-    """``y = conv2d(x, W) + b``, PyTorch's cross-correlation: x (N, C, H, W), W (O, C, kh, kw), b (O,) or None;
-    y (N, O, Ho, Wo). ``backward(gy)`` returns ``(gx, gW, gb)``; ``gx`` is None with
+    """``y = conv2d(x, W) + b``, PyTorch's cross-correlation: x (N, C, H, W), W (O, C, kh, kw), b (O,) or None,
+    of one floating-point dtype; y (N, O, Ho, Wo). ``backward(gy)`` returns ``(gx, gW, gb)``; ``gx`` is None with
     ``needs_input_grad=False`` (a first layer, fed with data), and ``gb`` without a bias.
     """
 
     def __init__(self, stride=1, padding=0, needs_input_grad: bool = True):
         super().__init__()
-        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
+        self.stride, self.padding = pair(stride, "conv2d's stride", 1), pair(padding, "conv2d's padding", 0)
         self.needs_input_grad = needs_input_grad
 
     def forward(self, x, W, b=None):
         """(N, O, Ho, Wo), laid out (O, Ho, Wo, N) in memory."""
         xp = get_array_module(x, W)
-        check_conv_shapes(x, W, b, self.stride, self.padding)
+        check_conv_inputs(x, W, b, self.padding)
         N, _, H, Wd = x.shape
         O, _, kh, kw = W.shape
         Ho, Wo = (output_size(n, k, s, p) for n, k, s, p in zip((H, Wd), (kh, kw), self.stride, self.padding))
@@ -161,17 +180,29 @@ class Conv2d(Op):
         return gx, gW, gb
 
 
-def check_conv_shapes(x, W, b, stride, padding) -> None:
-    """ValueError naming what does not fit, for conv2d's x (N, C, H, W), W (O, C, kh, kw) and b (O,)."""
+def check_conv_inputs(x, W, b, padding) -> None:
+    """PyTorch's rules for conv2d's x (N, C, H, W), W (O, C, kh, kw) and b (O,) or None, as a ValueError naming
+    what does not fit, or a TypeError for dtypes: x, W and b share one floating-point dtype, so that each
+    gradient has its input's dtype."""
     if x.ndim != 4 or W.ndim != 4:
-        raise ValueError(f"conv2d takes an (N, C, H, W) input and an (out, in, kh, kw) weight, got shapes "
+        raise ValueError(f"conv2d takes an (N, C, H, W) input x and an (out, in, kh, kw) weight, got shapes "
                          f"{x.shape} and {W.shape}")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"conv2d: the input x must be at least 1 x 1 (only N and C may be 0, as in PyTorch), "
+                         f"got shape {x.shape}")
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"conv2d: the input has {x.shape[1]} channels, but the weight {W.shape} expects {W.shape[1]}")
+    if W.shape[0] < 1 or min(W.shape[2:]) < 1:
+        raise ValueError(f"conv2d: the weight needs at least one output channel and a kernel of at least 1 x 1 "
+                         f"(as PyTorch's), got shape {W.shape}")
     if b is not None and b.shape != (W.shape[0],):
         raise ValueError(f"conv2d: the bias has shape {b.shape}, expected ({W.shape[0]},)")
-    if min(stride) < 1 or min(padding) < 0:
-        raise ValueError(f"conv2d: stride must be at least 1 and padding not negative, got {stride} and {padding}")
+    dt = W.dtype
+    if x.dtype != dt or (b is not None and b.dtype != dt) or dt.kind != "f":
+        dtypes = (x.dtype, dt) if b is None else (x.dtype, dt, b.dtype)
+        raise TypeError(f"conv2d needs x, weight{'' if b is None else ' and bias'} of one floating-point dtype "
+                        f"(PyTorch's rule), got {', '.join(map(str, dtypes))}; convert the input, e.g. with "
+                        ".astype('float32')")
     for n, k, p in zip(x.shape[2:], W.shape[2:], padding):
         if n + 2 * p < k:
             raise ValueError(f"conv2d: the kernel {tuple(W.shape[2:])} is larger than the padded input "
@@ -180,9 +211,10 @@ def check_conv_shapes(x, W, b, stride, padding) -> None:
 
 class MaxPool2d(Op):
     """The maximum of each kh x kw window, ``stride`` apart (default: the kernel size), of x (N, C, H, W),
-    padded with ``-inf``; y (N, C, Ho, Wo). ``backward(gy)`` returns gx, with each window's gradient on its
-    first maximum in row-major order, as PyTorch picks it (ties included); a window holding NaN gives NaN,
-    and its gradient goes to its last NaN, as PyTorch's does.
+    padded with ``-inf`` (integers: their lowest value); y (N, C, Ho, Wo). N and C may be 0.
+    ``backward(gy)`` returns gx, with each window's gradient on its first maximum in row-major order, as
+    PyTorch picks it (ties included); a window holding NaN gives NaN, and its gradient goes to its last NaN,
+    as PyTorch's does.
 
     The window's taps are copied once into a (kh * kw, C, N, Ho, Wo) array, so
     every later pass reads contiguous memory, and the winner is found with
@@ -194,24 +226,29 @@ class MaxPool2d(Op):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding")
-        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"max_pool2d: kernel_size and stride must be at least 1 and padding not negative, "
-                             f"got {self.kernel}, {self.stride} and {self.padding}")
+        self.kernel = pair(kernel_size, "max_pool2d's kernel_size", 1)
+        self.stride = self.kernel if stride is None else pair(stride, "max_pool2d's stride", 1)
+        self.padding = pair(padding, "max_pool2d's padding", 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
             raise ValueError(f"max_pool2d: padding {self.padding} must be at most half of kernel_size {self.kernel}")
 
     def forward(self, x):
         """(N, C, Ho, Wo), laid out (C, Ho, Wo, N) in memory."""
         xp = get_array_module(x)
-        if x.ndim != 4:
-            raise ValueError(f"max_pool2d takes an (N, C, H, W) input, got shape {x.shape}")
+        if x.ndim != 4 or min(x.shape[2:]) < 1:
+            raise ValueError(f"max_pool2d takes an (N, C, H, W) input x with H and W at least 1 (N and C may be 0), "
+                             f"got shape {x.shape}")
+        if x.dtype.kind == "b":
+            raise TypeError("max_pool2d takes numbers, not bool (as PyTorch); convert x first, e.g. with "
+                            ".astype('float32')")
         if any(n + 2 * p < k for n, k, p in zip(x.shape[2:], self.kernel, self.padding)):
-            raise ValueError(f"max_pool2d: the window {self.kernel} is larger than the padded input {x.shape[2:]}")
-        v = windows(padded(x, self.padding, -xp.inf), self.kernel, self.stride)
-        taps = v.transpose(1, 2, 0, 3, 4, 5).copy().reshape(-1, *v.shape[:1], *v.shape[3:])
+            raise ValueError(f"max_pool2d: the window {self.kernel} is larger than the padded input "
+                             f"{tuple(n + 2 * p for n, p in zip(x.shape[2:], self.padding))}")
+        # Padding that never wins: -inf, or an integer dtype's lowest value (PyTorch pools integers too).
+        lowest = -xp.inf if x.dtype.kind == "f" else xp.iinfo(x.dtype).min
+        v = windows(padded(x, self.padding, lowest), self.kernel, self.stride)
+        C, kh, kw, Ho, Wo, N = v.shape  # named, not -1: any of them may be 0 (an empty batch)
+        taps = v.transpose(1, 2, 0, 3, 4, 5).copy().reshape(kh * kw, C, Ho, Wo, N)
         y = taps.max(axis=0)  # NaN if the window holds one
         self.mem = {"first": first_maximum(taps, y), "x_shape": x.shape}
         return y.transpose(3, 0, 1, 2)

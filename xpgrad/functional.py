@@ -68,22 +68,26 @@ def linear(x, W, b=None) -> Tensor:
 
 def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
     """PyTorch's ``conv2d`` (a cross-correlation): x (N, C, H, W), ``weight`` (out, in, kh, kw) in PyTorch's
-    layout, ``bias`` (out,) or None; (N, out, Ho, Wo). ``stride`` and ``padding`` (zeros) are ints or pairs.
-    im2col and one matrix product (:class:`xpgrad.convops.Conv2d`)."""
+    layout, ``bias`` (out,) or None, of one floating-point dtype; (N, out, Ho, Wo). ``stride`` (at least 1) and
+    ``padding`` (zeros, at least 0) are ints or pairs. im2col and one matrix product
+    (:class:`xpgrad.convops.Conv2d`)."""
     inputs = (as_tensor(x), as_tensor(weight)) + (() if bias is None else (as_tensor(bias),))
     return functions.Conv2d(stride, padding)(*inputs)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
     """The maximum of each window of x (N, C, H, W), as PyTorch's ``max_pool2d``: ``stride`` defaults to
-    ``kernel_size``, ``padding`` is -inf; the gradient goes to each window's first maximum, ties as PyTorch."""
+    ``kernel_size``, ``padding`` is -inf (at most half the kernel); the gradient goes to each window's first
+    maximum, ties as PyTorch. N (or C) may be 0. x may hold integers too (no gradient), as in PyTorch."""
     return functions.MaxPool2d(kernel_size, stride, padding)(as_tensor(x))
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5) -> Tensor:
-    """PyTorch's ``batch_norm`` on x (N, C, H, W): the batch's statistics in training (and the running
-    ones, (C,) arrays, updated in place), the running ones in evaluation."""
+    """PyTorch's ``batch_norm`` on floating-point x (N, C, H, W): the batch's statistics in training (and the
+    running ones, (C,) arrays of x's dtype, NumPy or CuPy, updated in place), the running ones in evaluation.
+    ``weight`` and ``bias`` are (C,), of x's dtype, both or neither. ``momentum`` is in [0, 1] (PyTorch does not
+    check it; outside it the running statistics diverge) and ``eps`` > 0 (PyTorch refuses 0 in training too)."""
     inputs = [as_tensor(x)] + [as_tensor(t) for t in (weight, bias) if t is not None]
     if (weight is None) != (bias is None):
         raise ValueError("batch_norm takes weight and bias together, or neither")
@@ -91,12 +95,17 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 def dropout(x, p=0.5, training=True, *, state=None) -> Tensor:
-    """PyTorch's ``dropout``: in training, each element zeroed with probability ``p`` and the rest scaled
-    by ``1 / (1 - p)``; ``x`` itself otherwise. The mask comes from ``state``, a generator state of
-    :func:`xpgrad.modeops.new_state` on x's device, advanced in place (``nn.Dropout`` holds one)."""
-    from .modeops import check_probability  # noqa: PLC0415 - a light module; keeps this file's imports as they were
+    """PyTorch's ``dropout``: in training, each element of a floating-point x zeroed with probability ``p`` (a
+    number in [0, 1]) and the rest scaled by ``1 / (1 - p)``; ``x`` itself otherwise. The mask comes from
+    ``state``, a generator state of :func:`xpgrad.modeops.new_state` ((2,) uint64) on x's device, advanced in
+    place (``nn.Dropout`` holds one); a state given is checked even where it is not used."""
+    from .arguments import flag  # noqa: PLC0415 - light modules; keep this file's imports as they were
+    from .modeops import check_probability  # noqa: PLC0415
 
     check_probability(p)
+    flag(training, "dropout's training")
+    if state is not None:
+        functions.layers.check_state(state)
     if not training or p == 0:
         return as_tensor(x)
     if state is None:

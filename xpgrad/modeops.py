@@ -33,6 +33,7 @@ slice (:data:`WHOLE`) one process holds the whole batch and nothing changes.
 from __future__ import annotations
 
 import contextvars
+import numbers
 
 import numpy
 
@@ -148,9 +149,11 @@ def _channel_sums(a):
 
 
 def check_probability(p) -> None:
-    """ValueError unless ``p`` is a number in [0, 1], PyTorch's message."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    """TypeError unless ``p`` is a real number (not a bool), ValueError unless it is in [0, 1] (PyTorch's words)."""
+    if isinstance(p, (bool, numpy.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout probability p must be a number between 0 and 1, got {type(p).__name__} {p!r:.40}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p} (the argument p)")
 
 
 def _global_count(x, batch: BatchSlice) -> int:

@@ -4,7 +4,8 @@
 module              what it holds
 ==================  ============================================================
 ``module``          :class:`Module`: parameters, buffers, ``state_dict``, modes
-``layers``          :class:`Linear`, :class:`ReLU`, :class:`Flatten`, :class:`Sequential`
+``layers``          :class:`Linear`, :class:`ReLU`, :class:`Flatten`, :class:`Sequential`,
+                    :class:`ModuleList`
 ``conv``            :class:`Conv2d`, :class:`MaxPool2d`
 ``batchnorm``       :class:`BatchNorm2d`: running statistics as buffers
 ``dropout``         :class:`Dropout`: its generator's state as a buffer
@@ -19,9 +20,9 @@ from .conv import Conv2d, MaxPool2d
 from .dropout import Dropout
 from .flat import FlatParameters, flatten_parameters
 from .init import manual_seed
-from .layers import Flatten, Linear, ReLU, Sequential
+from .layers import Flatten, Linear, ModuleList, ReLU, Sequential
 from .module import IncompatibleKeys, Module
 
 __all__ = ["FlatParameters", "Flatten", "IncompatibleKeys", "Linear", "Module", "ReLU", "Sequential",
            "flatten_parameters", "init", "manual_seed"]
-__all__ += ["BatchNorm2d", "Conv2d", "Dropout", "MaxPool2d"]
+__all__ += ["BatchNorm2d", "Conv2d", "Dropout", "MaxPool2d", "ModuleList"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy
 
 from .. import backend, functions
+from ..arguments import flag, whole_number
 from ..tensor import Tensor, as_tensor
 from . import init as _init
 from .module import Module
@@ -21,13 +22,20 @@ class BatchNorm2d(Module):
     changes. The buffers are saved in ``state_dict`` and never trained;
     ``weight`` (ones) and ``bias`` (zeros) are parameters when ``affine``.
     The names are PyTorch's, so a PyTorch ``BatchNorm2d``'s state loads as it is.
+    ``num_features`` is 1 or more, ``eps`` > 0 (PyTorch refuses 0 in
+    training too) and ``momentum`` in [0, 1] (PyTorch does not check it:
+    outside it the running statistics overshoot and diverge); the input has
+    the parameters' floating-point dtype.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *,
                  dtype=None, device="cpu"):
-        dtype = _init.default_dtype() if dtype is None else numpy.dtype(dtype)
+        num_features = whole_number(num_features, "BatchNorm2d's num_features", 1)
+        self.num_features, self.eps = num_features, functions.layers.check_eps(eps, "BatchNorm2d")
+        self.momentum = functions.layers.check_momentum(momentum, "BatchNorm2d")
+        self.affine = affine = flag(affine, "BatchNorm2d's affine")
+        dtype = _init.default_dtype() if dtype is None else _init.float_dtype(dtype, "BatchNorm2d(dtype=...)")
         device = backend.get_device(device)
-        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), float(momentum), affine
         self.weight = Tensor(backend.to_device(numpy.ones(num_features, dtype), device), requires_grad=True) \
             if affine else None
         self.bias = Tensor(backend.to_device(numpy.zeros(num_features, dtype), device), requires_grad=True) \

@@ -10,6 +10,7 @@ import math
 import numpy
 
 from .. import backend, functions
+from ..arguments import flag, whole_number
 from ..convops import pair
 from ..tensor import Tensor, as_tensor
 from . import init as _init
@@ -27,16 +28,23 @@ class Conv2d(Module):
     layout). The weight is drawn as Linear's, with fan-in ``in_channels * kh *
     kw`` (``init="he"``: N(0, 2 / fan_in), the default; ``glorot``;
     ``normal``; None: zeros), from ``rng`` or :mod:`xpgrad.nn.init`'s
-    generator; the bias starts at zero. ``dtype`` None means the default dtype.
+    generator; the bias starts at zero. ``dtype`` (floating-point) None means
+    the default dtype. ``in_channels`` is 0 or more and ``out_channels`` 1 or
+    more (PyTorch's conv2d refuses a weight of no output channel),
+    ``kernel_size`` and ``stride`` at least 1, ``padding`` at least 0. The
+    input has the weight's dtype (PyTorch's rule: convert it first).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True, *,
                  init: str | None = "he", rng=None, dtype=None, device="cpu"):
-        dtype = _init.default_dtype() if dtype is None else numpy.dtype(dtype)
+        self.in_channels = whole_number(in_channels, "Conv2d's in_channels", 0)
+        self.out_channels = whole_number(out_channels, "Conv2d's out_channels", 1)
+        self.kernel_size = pair(kernel_size, "Conv2d's kernel_size", 1)
+        self.stride, self.padding = pair(stride, "Conv2d's stride", 1), pair(padding, "Conv2d's padding", 0)
+        bias = flag(bias, "Conv2d's bias")
+        _init.check_init(init, "Conv2d")
+        dtype = _init.default_dtype() if dtype is None else _init.float_dtype(dtype, "Conv2d(dtype=...)")
         device = backend.get_device(device)
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.padding = pair(kernel_size, "kernel_size"), pair(stride, "stride"), \
-            pair(padding, "padding")
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         fan_in = math.prod(shape[1:])
         if init is None:
@@ -63,9 +71,9 @@ class MaxPool2d(Module):
     goes to each window's first maximum, as PyTorch's."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding")
+        self.kernel_size = pair(kernel_size, "MaxPool2d's kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "MaxPool2d's stride", 1)
+        self.padding = pair(padding, "MaxPool2d's padding", 0)
         functions.MaxPool2d(self.kernel_size, self.stride, self.padding)  # the arguments checked now
 
     def forward(self, x):

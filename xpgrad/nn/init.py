@@ -78,6 +78,12 @@ def float_dtype(dtype, what: str) -> numpy.dtype:
     return parsed
 
 
+def check_init(init, owner: str) -> None:
+    """ValueError naming ``owner`` unless ``init`` is None or one of ``INITS`` (``he``, ``glorot``, ``normal``)."""
+    if init is not None and (not isinstance(init, str) or init not in INITS):
+        raise ValueError(f"{owner}'s init must be one of {', '.join(INITS)} or None, got {init!r:.40}")
+
+
 def init_weight(rng: numpy.random.Generator, fan_in: int, fan_out: int, init: str) -> numpy.ndarray:
     """A (fan_in, fan_out) float64 weight on the host.
 

@@ -1,4 +1,5 @@
-"""Layers, as ``torch.nn``: :class:`Linear`, :class:`ReLU`, :class:`Flatten` and :class:`Sequential`.
+"""Layers, as ``torch.nn``: :class:`Linear`, :class:`ReLU`, :class:`Flatten`, :class:`Sequential` and
+:class:`ModuleList`.
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10)).to("cuda")
     loss = functional.cross_entropy(model(Tensor(x)), t)
@@ -12,6 +13,7 @@ import numbers
 import numpy
 
 from .. import backend, functions
+from ..arguments import flag, whole_number
 from ..tensor import Tensor, as_tensor
 from . import init as _init
 from .module import Module
@@ -39,16 +41,12 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str | None = "he",
                  rng=None, dtype=None, device="cpu"):
-        for what, n in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(n, (bool, numpy.bool_)) or not isinstance(n, numbers.Integral):
-                raise TypeError(f"Linear's {what} must be a whole number, got {type(n).__name__} {n!r:.40}")
-            if n < 0:
-                raise ValueError(f"Linear's {what} must be 0 or more, got {n}")
-        if init is not None and init not in _init.INITS:
-            raise ValueError(f"Linear's init must be one of {', '.join(_init.INITS)} or None, got {init!r:.40}")
+        self.in_features = whole_number(in_features, "Linear's in_features", 0)
+        self.out_features = whole_number(out_features, "Linear's out_features", 0)
+        bias = flag(bias, "Linear's bias")
+        _init.check_init(init, "Linear")
         dtype = _init.default_dtype() if dtype is None else _init.float_dtype(dtype, "Linear(dtype=...)")
         device = backend.get_device(device)
-        self.in_features, self.out_features = int(in_features), int(out_features)
         if init is None:
             W = numpy.zeros((self.in_features, self.out_features), dtype)
         else:
@@ -148,3 +146,82 @@ class Sequential(Module):
 
     def __repr__(self) -> str:
         return "Sequential(" + ", ".join(repr(m) for m in self.layers) + ")"
+
+
+class ModuleList(Module):
+    """Modules held in a list, as ``torch.nn.ModuleList``: their parameters and buffers are the list's, named by
+    position (``0.weight``, or ``blocks.0.weight`` in a model whose ``blocks`` it is), so ``parameters()``
+    gives them to an optimizer and ``state_dict()`` saves them. Layers in a plain Python list are neither: the
+    list is not a Module, so they are never trained.
+
+    It indexes (an int; a slice gives a new ModuleList), assigns, deletes, iterates and has a ``len``, as a
+    list, and takes Modules only: ``append``, ``extend`` (any iterable of Modules) and ``insert``. It has no
+    ``forward``: a model calls its modules in its own. The modules are ``layers``, a Python list, as in
+    :class:`Sequential`.
+    """
+
+    def __init__(self, modules=None):
+        self.layers = []
+        if modules is not None:
+            self._extend(modules, "ModuleList")
+
+    def named_children(self):
+        """``("0", first), ("1", second), ...``: parameter names are ``0.weight``, as in PyTorch."""
+        return ((str(i), m) for i, m in enumerate(self.layers))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ModuleList(self.layers[index])
+        return self.layers[self._position(index)]
+
+    def __setitem__(self, index, module) -> None:
+        self.layers[self._position(index)] = _checked(module, "ModuleList[i] = ...")
+
+    def __delitem__(self, index) -> None:
+        del self.layers[index if isinstance(index, slice) else self._position(index)]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def append(self, module: Module) -> ModuleList:
+        """Add ``module`` at the end; returns the list."""
+        self.layers.append(_checked(module, "ModuleList.append"))
+        return self
+
+    def extend(self, modules) -> ModuleList:
+        """Add each of ``modules`` (an iterable of Modules) at the end; returns the list."""
+        return self._extend(modules, "ModuleList.extend")
+
+    def _extend(self, modules, where: str) -> ModuleList:
+        if isinstance(modules, Module) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"{where} takes an iterable of Modules, got {type(modules).__name__}")
+        self.layers.extend([_checked(m, where) for m in modules])
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Put ``module`` before position ``index``, as ``list.insert``."""
+        self.layers.insert(_integer(index), _checked(module, "ModuleList.insert"))
+
+    def _position(self, index) -> int:
+        """``index`` (an int, negative from the end) checked against the length."""
+        if not -len(self.layers) <= _integer(index) < len(self.layers):
+            raise IndexError(f"index {index} is out of range for a ModuleList of {len(self.layers)} modules")
+        return int(index)
+
+    def __repr__(self) -> str:
+        return "ModuleList(" + ", ".join(repr(m) for m in self.layers) + ")"
+
+
+def _integer(index) -> int:
+    if isinstance(index, (bool, numpy.bool_)) or not isinstance(index, numbers.Integral):
+        raise TypeError(f"ModuleList indices must be integers or slices, got {type(index).__name__}")
+    return int(index)
+
+
+def _checked(module, where: str) -> Module:
+    if not isinstance(module, Module):
+        raise TypeError(f"{where} takes Modules, got {type(module).__name__}")
+    return module
