@@ -176,7 +176,7 @@ def test_an_op_that_cannot_be_recorded_is_named(recording, monkeypatch):
         loss.backward()
         opt.step()
 
-    with pytest.raises(GraphCaptureError, match=r"^MatMul of 3-d and 2-d arrays calls cuBLAS through CuPy, which "
+    with pytest.raises(GraphCaptureError, match=r"^Matmul of 3-d and 2-d arrays calls cuBLAS through CuPy, which "
                                                 r"a CUDA graph cannot record"):
         GraphStep(step, "cpu", record=True)()
     with pytest.raises(GraphCaptureError, match=r"Tensor.item\(\) reads a value on the host"):
@@ -205,13 +205,13 @@ def test_a_model_that_cannot_be_recorded(recording, monkeypatch, tmp_path, mode)
     if mode == "on":
         trainer = Trainer(config, data, progress=False, graph="on")
         _refusing_capture(monkeypatch, trainer)
-        with pytest.raises(GraphCaptureError, match="MatMul of 3-d and 2-d arrays"):
+        with pytest.raises(GraphCaptureError, match="Matmul of 3-d and 2-d arrays"):
             trainer.train_epoch()
         return
     eager, trainer = Trainer(config, data, progress=False), Trainer(config, data, progress=False, graph="auto")
     trainer._graph_steps = True  # as on a GPU: "auto" records on a GPU only
     _refusing_capture(monkeypatch, trainer)
-    with pytest.warns(RuntimeWarning, match="MatMul of 3-d and 2-d arrays .*; training goes on without CUDA graphs"):
+    with pytest.warns(RuntimeWarning, match="Matmul of 3-d and 2-d arrays .*; training goes on without CUDA graphs"):
         trainer.train_epoch()
     eager.train_epoch()
     trainer.train_epoch(), eager.train_epoch()

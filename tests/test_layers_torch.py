@@ -69,7 +69,7 @@ def pool_case(rng):
     return shape, (int(kh), int(kw)), stride, padding
 
 
-@pytest.mark.parametrize("values", ["distinct", "ties", "nan"])
+@pytest.mark.parametrize("values", ["distinct", "ties", "nan", "-inf"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_max_pool2d_matches_torch_ties_included(seed, values):
     """The gradient goes to each window's first maximum, as PyTorch's; rounded inputs make many ties."""
@@ -80,6 +80,8 @@ def test_max_pool2d_matches_torch_ties_included(seed, values):
         data = np.round(data)
     if values == "nan":
         data[rng.random(shape) < 0.1] = np.nan
+    if values == "-inf":  # windows of only -inf tie with the padding: PyTorch picks their first pixel inside
+        data[rng.random(shape) < 0.7] = -np.inf
     x, tx = both(data)
     y, ty = functional.max_pool2d(x, kernel, stride, padding), TF.max_pool2d(tx, kernel, stride, padding)
     assert y.shape == tuple(ty.shape)

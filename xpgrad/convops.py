@@ -250,8 +250,20 @@ class MaxPool2d(Op):
         C, kh, kw, Ho, Wo, N = v.shape  # named, not -1: any of them may be 0 (an empty batch)
         taps = v.transpose(1, 2, 0, 3, 4, 5).copy().reshape(kh * kw, C, Ho, Wo, N)
         y = taps.max(axis=0)  # NaN if the window holds one
-        self.mem = {"first": first_maximum(taps, y), "x_shape": x.shape}
+        first = first_maximum(taps, y)
+        if any(self.padding):
+            first = self._inside_where_all_lowest(first, y, lowest, x.shape[2:], xp)
+        self.mem = {"first": first, "x_shape": x.shape}
         return y.transpose(3, 0, 1, 2)
+
+    def _inside_where_all_lowest(self, first, y, lowest, hw, xp):
+        """``first``, but a window whose maximum is the padding's own value (all -inf, say) takes its first tap
+        inside the input, as PyTorch does (its search starts there and only a larger value moves it), rather
+        than a tap of the padding, whose gradient would be lost."""
+        inside = windows(padded(xp.ones((1, 1, *hw), dtype=xp.int8), self.padding, 0), self.kernel, self.stride)
+        _, kh, kw, Ho, Wo, _ = inside.shape
+        first_inside = inside.transpose(1, 2, 0, 3, 4, 5).reshape(kh * kw, 1, Ho, Wo, 1).argmax(axis=0)
+        return xp.where(y == lowest, first_inside.astype(first.dtype), first)
 
     def backward(self, gy):
         """gx (N, C, H, W): ``gy`` of each window on the input pixel that was its maximum."""

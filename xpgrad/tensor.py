@@ -193,10 +193,10 @@ class Tensor:
         return _binary(_f.Div, _f.RDivScalar, other, self)
 
     def __matmul__(self, other):
-        return _f.MatMul()(self, as_tensor(other))
+        return _f.Matmul()(self, as_tensor(other))
 
     def __rmatmul__(self, other):
-        return _f.MatMul()(as_tensor(other), self)
+        return _f.Matmul()(as_tensor(other), self)
 
     def __neg__(self):
         return _f.Neg()(self)

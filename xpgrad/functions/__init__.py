@@ -15,9 +15,9 @@ from .arithmetic import (Add, AddScalar, Div, DivScalar, Exp, Log, Mul, MulScala
                          RSubScalar, Sub, SubScalar, sum_to)
 from .array import GetItem, Mean, Reshape, Sum, ToDevice, Transpose, normalize_axes
 from .layers import BatchNorm2d, Conv2d, Dropout, MaxPool2d
-from .network import CrossEntropy, Linear, LinearReLU, LogSoftmax, MatMul, Relu, Softmax
+from .network import CrossEntropy, Linear, LinearReLU, LogSoftmax, Matmul, Relu, Softmax
 
 __all__ = ["Add", "AddScalar", "CrossEntropy", "Div", "DivScalar", "Exp", "GetItem", "Linear", "LinearReLU", "Log", "LogSoftmax",
-           "MatMul", "Mean", "Mul", "MulScalar", "Neg", "PowScalar", "RDivScalar", "RSubScalar", "Relu", "Reshape",
+           "Matmul", "Mean", "Mul", "MulScalar", "Neg", "PowScalar", "RDivScalar", "RSubScalar", "Relu", "Reshape",
            "Softmax", "Sub", "SubScalar", "Sum", "ToDevice", "Transpose", "normalize_axes", "sum_to"]
 __all__ += ["BatchNorm2d", "Conv2d", "Dropout", "MaxPool2d"]

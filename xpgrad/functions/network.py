@@ -25,7 +25,7 @@ from .array import normalize_axes
 # Matrix products, through xpgrad.ops
 
 
-class MatMul(Function):
+class Matmul(Function):
     """``a @ b``. Two matrices go through :class:`xpgrad.ops.Matmul`; vectors and
     stacks of matrices (broadcast as ``numpy.matmul``) through the general rule
     ``ga = gy @ b^T, gb = a^T @ gy``, each summed back to its operand's shape
@@ -41,7 +41,7 @@ class MatMul(Function):
             self.op = ops.Matmul(needs_input_grad=self.inputs[0].requires_grad)
             return self.op.forward(a, b)
         self.op = None
-        _graph.refuse_while_recording(f"MatMul of {a.ndim}-d and {b.ndim}-d arrays calls cuBLAS through CuPy")
+        _graph.refuse_while_recording(f"Matmul of {a.ndim}-d and {b.ndim}-d arrays calls cuBLAS through CuPy")
         # Vectors promoted to matrices, as numpy.matmul does, then the added axes dropped.
         y = xp.matmul(a[None] if a.ndim == 1 else a, b[:, None] if b.ndim == 1 else b)
         self.shape2 = y.shape
