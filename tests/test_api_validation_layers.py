@@ -182,10 +182,12 @@ CASES = {
     # flags, and ModuleList
     "Linear(bias='no')": (lambda: nn.Linear(3, 5, bias="no"), TypeError,
                           r"Linear's bias must be True or False, got str"),
-    "Linear(bias=None)": (lambda: nn.Linear(3, 5, bias=None), TypeError, r"bias must be True or False, got NoneType"),
-    "Linear(bias=1)": (lambda: nn.Linear(3, 5, bias=1), TypeError, r"bias must be True or False, got int 1"),
+    "Linear(bias=2)": (lambda: nn.Linear(3, 5, bias=2), TypeError, r"bias must be True or False, got int 2"),
+    "Linear(bias=0.0)": (lambda: nn.Linear(3, 5, bias=0.0), TypeError, r"bias must be True or False, got float"),
     "ModuleList(5)": (lambda: nn.ModuleList(5), TypeError, r"ModuleList takes an iterable of Modules, got int"),
     "ModuleList of a Module": (lambda: nn.ModuleList(nn.ReLU()), TypeError, r"an iterable of Modules, got ReLU"),
+    "ModuleList[slice] = ...": (lambda: nn.ModuleList([nn.ReLU()]).__setitem__(slice(0, 1), [nn.ReLU()]), TypeError,
+                                r"ModuleList\[i\] = module takes one integer index, not a slice"),
     "ModuleList of numbers": (lambda: nn.ModuleList([nn.ReLU(), 5]), TypeError, r"ModuleList takes Modules, got int"),
     "ModuleList.append of a function": (lambda: nn.ModuleList().append(print), TypeError,
                                         r"ModuleList.append takes Modules, got builtin_function_or_method"),
@@ -251,7 +253,7 @@ def test_max_pool2d_of_integers_pads_with_their_lowest_value_as_torch(rng, dtype
 
 
 def test_the_edges_of_the_ranges_and_numpy_numbers_are_accepted(rng):
-    """momentum 0 and 1 (as torch), a tiny eps, p as a NumPy float, sizes as NumPy ints, flags as NumPy bools, a
+    """momentum 0 and 1 (as torch), a tiny eps, p as a NumPy float, sizes as NumPy ints, flags as NumPy bools or 0/1, a
     pair as a list, and in_channels 0 (an empty sum: the output is the bias, where torch returns no channels)."""
     x = rng.normal(size=(4, 3, 2, 2))
     for momentum, eps in ((0.0, 1e-30), (1.0, 1e-5)):
@@ -264,6 +266,9 @@ def test_the_edges_of_the_ranges_and_numpy_numbers_are_accepted(rng):
     layer = nn.Conv2d(np.int64(3), np.int32(2), [2, 2], stride=np.int64(1), bias=np.True_, dtype="float64")
     assert layer(Tensor(x)).shape == (4, 2, 1, 1)
     assert nn.BatchNorm2d(np.int64(3), affine=np.False_).weight is None
+    # The flags PyTorch's layers are often given, and took before xpgrad checked them: 0, 1, None (False).
+    assert nn.Linear(3, 5, bias=0).bias is None and nn.Linear(3, 5, bias=None).bias is None
+    assert nn.Linear(3, 5, bias=1).bias is not None and nn.Conv2d(3, 2, 2, bias=np.int64(0)).bias is None
     assert dropout(np.float32(0.5), x=Tensor(np.ones((8,), np.float32))).shape == (8,)
     empty = nn.Conv2d(0, 2, 3, dtype="float64")
     empty.bias.data[...] = [1.0, 2.0]

@@ -100,8 +100,44 @@ def test_outside_a_slice_dropout_draws_as_before():
 
 
 def test_dropout_in_a_slice_refuses_an_input_without_the_batch_first():
-    with modeops.BatchSlice(2, 4, 6), pytest.raises(ValueError, match="batch's rows on the first axis"):
+    with modeops.BatchSlice(2, 4, 6), pytest.raises(ValueError, match=r"takes the batch's rows first, \(N, ...\) "
+                                                                          r"or \(N \* k, ...\).* shape \(5, 2\)"):
         modeops.Dropout(0.5).forward(np.ones((5, 2)), modeops.new_state(0))
+
+
+def test_a_reshaped_batch_draws_and_counts_as_in_one_process(rng):
+    """(N * k, ...): each row's k rows together (a sequence model's (N, T, F) flattened to (N * T, F), say)."""
+    x = rng.normal(size=(6 * 3, 4))
+    whole = modeops.Dropout(0.5).forward(x, modeops.new_state(7))
+    with modeops.BatchSlice(2, 5, 6):
+        part = modeops.Dropout(0.5).forward(x[2 * 3:5 * 3], modeops.new_state(7))
+    assert np.array_equal(part, whole[2 * 3:5 * 3])
+    images = rng.normal(size=(6 * 2, 3, 2, 2))
+    # 6 rows of 2 images each, this process 3 of them: 6 * 2 * 2 * 2 values a channel in the whole batch
+    with modeops.BatchSlice(0, 3, 6, allreduce=lambda array: None):
+        assert modeops._global_count(images[:6], modeops.current_slice()) == 6 * 2 * 2 * 2
+
+
+def test_threads_may_enter_one_slice_at_once():
+    """Each thread's tokens are its own: two threads in and out of the same slice, interleaved, each see it
+    inside and WHOLE after."""
+    import threading
+    shared, seen = modeops.BatchSlice(0, 2, 4), []
+    inside, leave = threading.Barrier(2), threading.Barrier(2)
+
+    def rank():
+        with shared:
+            inside.wait()
+            seen.append(modeops.current_slice() is shared)
+            leave.wait()
+        seen.append(modeops.current_slice() is modeops.WHOLE)
+
+    threads = [threading.Thread(target=rank) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [True, True, True, True]
 
 
 class ThreadRanks:

@@ -13,12 +13,14 @@ interruptions, and a failure of xpgrad's own keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 
 import numpy as np
 import pytest
 
+from xpgrad import nn
 from xpgrad.checkpoint import peek_epoch
 from xpgrad.data import Dataset
 from xpgrad.errors import ModelError
@@ -264,4 +266,52 @@ def test_the_trainer_says_where_a_model_file_failed(tmp_path):
     trainer = Trainer(Config.from_recipe("default", model=f"{path}:make", batch_size=16, epochs=1),
                       tiny_dataset(), progress=False)
     with pytest.raises(ModelError, match=r"\(epoch 1, step 2, a \(16, 1, 8, 8\) batch\) raised ValueError: second"):
+        trainer.train_epoch()
+
+
+def model_trainer(tmp_path, forward):
+    path = tmp_path / "net.py"
+    path.write_text(model_source(forward=forward))
+    return Trainer(Config.from_recipe("default", model=f"{path}:make", batch_size=16, epochs=1), tiny_dataset(),
+                   progress=False)
+
+
+def test_a_bug_inside_xpgrad_in_the_forward_pass_keeps_its_traceback(tmp_path, monkeypatch):
+    """A Python error raised in xpgrad's code (not by one of its `raise` checks) is xpgrad's bug, even when the
+    model's forward called it."""
+    trainer = model_trainer(tmp_path, forward="pass")
+    code = "def forward(self, x):\n    return {}['a bug in xpgrad']\n"
+    scope = {}  # a function whose code is in xpgrad's folder, as a bug in a layer of xpgrad's would be
+    exec(compile(code, os.path.join(os.path.dirname(nn.__file__), "a_bug.py"), "exec"), scope)
+    monkeypatch.setattr(nn.Flatten, "forward", scope["forward"])
+    with pytest.raises(KeyError, match="a bug in xpgrad"):
+        trainer.train_epoch()
+
+
+def test_an_error_of_the_environment_in_the_forward_pass_keeps_its_traceback(tmp_path, monkeypatch):
+    """CUDA, NCCL or MPI failing under the model (a synchronized batch norm's allreduce, say) is not the model's."""
+    error = type("NcclError", (RuntimeError,), {"__module__": "cupy_backends.cuda.libs.nccl"})
+
+    def allreduce(self, x):
+        raise error("unhandled cuda error")
+
+    trainer = model_trainer(tmp_path, forward="pass")
+    monkeypatch.setattr(nn.Flatten, "forward", allreduce)
+    with pytest.raises(error, match="unhandled cuda error"):
+        trainer.train_epoch()
+
+
+def test_a_check_of_xpgrads_that_the_model_trips_is_the_models(tmp_path):
+    """ModuleList's IndexError is raised by xpgrad, but by a check (a `raise`) about what the model asked."""
+    trainer = model_trainer(tmp_path, forward="if self.training: nn.ModuleList([])[3]")
+    with pytest.raises(ModelError, match=r"raised IndexError: index 3 is out of range for a ModuleList of 0"):
+        trainer.train_epoch()
+
+
+def test_nothing_is_blamed_while_a_step_is_being_recorded(tmp_path, monkeypatch):
+    """A failure while a CUDA graph records the step is the recording's to report (GraphStep names it)."""
+    from xpgrad.backend import graph
+    trainer = model_trainer(tmp_path, forward="if self.training: raise ValueError('cannot be recorded')")
+    monkeypatch.setattr(graph, "recording", True)
+    with pytest.raises(ValueError, match="cannot be recorded"):
         trainer.train_epoch()

@@ -350,3 +350,5 @@ def test_a_run_folder_closed_unused_takes_the_parents_it_made_with_it(tmp_path):
     (tmp_path / "runs" / "a" / "keep").write_text("another run's")
     folder.close()
     assert sorted(p.name for p in (tmp_path / "runs").rglob("*")) == ["a", "keep"]
+    RunFolder.open(tmp_path / "new" / ".." / "other" / "b", fresh=True).close()  # `new` made, and removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

@@ -18,10 +18,17 @@ def describe(value) -> str:
 
 
 def flag(value, what: str) -> bool:
-    """``value`` as a bool: True or False (NumPy's too) only, so ``bias="no"`` is not taken for True."""
-    if not isinstance(value, (bool, numpy.bool_)):
+    """``value`` as a bool: True or False (NumPy's too), and what PyTorch's layers are often given for them,
+    1, 0 and None (False); anything else, such as ``bias="no"``, is refused rather than taken for True."""
+    if value is None:
+        return False
+    if not isinstance(value, (bool, numpy.bool_)) and not (_is_integer(value) and value in (0, 1)):
         raise TypeError(f"{what} must be True or False, got {describe(value)}")
     return bool(value)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, numpy.bool_))
 
 
 def whole_number(value, what: str, low: int = 0) -> int:

@@ -52,26 +52,31 @@ _UFUNCS = {"+=": "add", "-=": "subtract", "*=": "multiply", "/=": "true_divide"}
 
 def in_place(t, other, other_requires_grad: bool, symbol: str):
     """``t (symbol) other`` written into tensor t's data, as PyTorch's in-place operators (``Tensor.__isub__``
-    and its kin): refused where it would have to be recorded (the tape records no in-place operation), else
-    one ufunc with ``out=t.data`` and t's version bumped, so a graph that saved t refuses to backpropagate
-    through it. ``other`` is a Tensor's data, an array, or anything ``numpy.asarray`` makes a real array of."""
-    value = other
+    and its kin): one ufunc with ``out=t.data``, and t's version bumped, so a graph that saved t refuses to
+    backpropagate through it. ``other`` is a Tensor's data, an array, or a number.
+
+    The tape records no in-place operation: on a parameter (a leaf that requires grad) outside ``no_grad()``
+    it is refused, as in PyTorch; where it would have to be recorded otherwise (``h += x`` in a forward pass,
+    h or x computed from parameters) it returns NotImplemented, so Python computes ``h = h + x`` instead,
+    recorded as before in-place operators existed."""
     if is_grad_enabled() and (t.requires_grad or other_requires_grad):
-        what = ("on a leaf tensor that requires grad (a parameter)" if t.requires_grad and t.creator is None
-                else "on a tensor computed in a recorded graph" if t.requires_grad
-                else "with a value that requires grad")
-        raise RuntimeError(f"tensor {symbol} value {what} would not be recorded; update parameters inside "
-                           f"`with xpgrad.no_grad():`, or write `x = x {symbol[0]} value` to record it")
-    # A Python number stays as it is (weakly typed: float32 data stays float32 arithmetic, as in PyTorch).
-    if not (isinstance(value, (bool, int, float, numpy.ndarray)) or backend.is_cupy_array(value)):
+        if t.requires_grad and t.creator is None:
+            raise RuntimeError(f"tensor {symbol} value on a leaf tensor that requires grad (a parameter) would not "
+                               f"be recorded; update parameters inside `with xpgrad.no_grad():`, or write "
+                               f"`x = x {symbol[0]} value` to record it")
+        return NotImplemented
+    value = other
+    # Numbers stay as they are (a Python float is weakly typed: float32 data stays float32 arithmetic).
+    if not (isinstance(value, (bool, int, float, numpy.generic, numpy.ndarray)) or backend.is_cupy_array(value)):
         try:
             value = numpy.asarray(value)
         except (ValueError, TypeError):
             value = numpy.asarray(None)
-        if value.dtype.kind not in "biuf":
-            raise TypeError(f"tensor {symbol} value takes a Tensor, an array or a real number, got "
-                            f"{type(other).__name__} {other!r:.40}")
-    if getattr(value, "ndim", 0):
+    kind = numpy.dtype(type(value)).kind if isinstance(value, (bool, int, float)) else value.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(f"tensor {symbol} value takes a Tensor, an array or a real number, got "
+                        f"{type(other).__name__} {other!r:.40}")
+    if isinstance(value, numpy.ndarray) or backend.is_cupy_array(value):
         where, here = backend.device_of(value), backend.device_of(t.data)
         if where != here:
             raise ValueError(f"tensor {symbol} value: the value is on {where} but the tensor on {here}; move "
@@ -83,12 +88,13 @@ def in_place(t, other, other_requires_grad: bool, symbol: str):
         if shape != t.shape:
             raise ValueError(f"tensor {symbol} value: a value of shape {value.shape} does not broadcast to the "
                              f"tensor's shape {t.shape}")
-    try:
-        getattr(get_array_module(t.data), _UFUNCS[symbol])(t.data, value, out=t.data)
-    except TypeError as exc:  # NumPy's UFuncTypeError: a float value into an integer tensor, say
-        raise TypeError(f"tensor {symbol} value: cannot write the result into the tensor's {t.dtype} data "
-                        f"({type(exc).__name__}); make a floating-point tensor first, "
-                        "e.g. Tensor(t.data.astype('float32'))") from None
+    result = numpy.result_type(t.dtype, value if isinstance(value, (bool, int, float)) else value.dtype)
+    if symbol == "/=" and result.kind in "biu":
+        result = numpy.result_type(result, 1.0)  # true division of integers gives floats
+    if not numpy.can_cast(result, t.dtype, casting="same_kind"):
+        raise TypeError(f"tensor {symbol} value: the {result} result cannot be written into the tensor's "
+                        f"{t.dtype} data; make a floating-point tensor first, e.g. Tensor(t.data.astype('float32'))")
+    getattr(get_array_module(t.data), _UFUNCS[symbol])(t.data, value, out=t.data)
     bump_versions((t,))
     return t
 

@@ -44,6 +44,11 @@ from .ops import Op
 def pair(value, name: str, low: int | None = None) -> tuple[int, int]:
     """``value`` (an int, or a pair of ints) as a pair of ints, as PyTorch's ``kernel_size=3`` means (3, 3);
     a TypeError naming ``name`` for anything else, and a ValueError for an int below ``low``."""
+    if type(value) is int and (low is None or value >= low):  # the common case, fast: an int in range
+        return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int and (
+            low is None or min(value) >= low):
+        return value
     pair_ = (value, value) if _is_int(value) else _as_tuple(value)
     if pair_ is None or len(pair_) != 2 or not all(_is_int(v) for v in pair_):
         raise TypeError(f"{name} must be an int or a pair of ints, got {describe(value)}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextvars
 import numbers
+import threading
 
 import numpy
 
@@ -67,29 +68,36 @@ class BatchSlice:
     sums a small contiguous device array over the processes that hold the other rows, in place (None: this
     process holds them all). Entered (``with``), it is the slice the ops of the block see
     (:func:`current_slice`): entering it again, as each step does, is cheap, and leaving restores the
-    slice before. An op's input must have the batch's rows on its first axis."""
+    slice before; any number of threads may enter the same slice. An op's input must have the batch's rows
+    first: (N, ...), or (N * k, ...) with each row's k rows together (a reshaped (N, k, ...))."""
 
     def __init__(self, start: int = 0, stop: int | None = None, rows: int | None = None, allreduce=None):
         self.start, self.stop, self.rows, self.allreduce = int(start), stop, rows, allreduce
-        self._tokens = []
 
-    def check(self, x, op: str) -> None:
-        """ValueError unless ``x`` has this process's rows of the batch on its first axis."""
-        if self.stop is not None and (x.ndim == 0 or x.shape[0] != self.stop - self.start):
-            raise ValueError(f"{op} under data parallelism takes the batch's rows on the first axis (this process "
-                             f"holds {self.stop - self.start} of {self.rows}), got an input of shape {x.shape}")
+    def per_row(self, x, op: str) -> int:
+        """k, the rows of ``x``'s first axis per row of the batch (1 for an (N, ...) input); a ValueError unless
+        ``x``'s first axis is this process's rows of the batch, k each."""
+        mine = self.stop - self.start
+        if x.ndim == 0 or mine == 0 or x.shape[0] % mine:
+            raise ValueError(f"{op} under --distributed takes the batch's rows first, (N, ...) or (N * k, ...) with "
+                             f"each row's k rows together, so that every process computes what one process does "
+                             f"for its rows; this process holds {mine} of the batch's {self.rows} rows, but got an "
+                             f"input of shape {x.shape}")
+        return x.shape[0] // mine
 
     def __enter__(self):
-        self._tokens.append(_slice.set(self))
+        tokens = _local.__dict__.setdefault("tokens", [])  # per thread, as the slice itself
+        tokens.append(_slice.set(self))
         return self
 
     def __exit__(self, *exc_info) -> None:
-        _slice.reset(self._tokens.pop())
+        _slice.reset(_local.tokens.pop())
 
 
 #: The slice outside any other: one process holds the whole batch.
 WHOLE = BatchSlice()
 _slice = contextvars.ContextVar("xpgrad_batch_slice", default=WHOLE)  # per thread, as grad mode is
+_local = threading.local()  # this thread's tokens of the slices it entered, innermost last
 
 
 def current_slice() -> BatchSlice:
@@ -138,8 +146,7 @@ def _first_element(x) -> int:
     batch = current_slice()
     if batch.stop is None:
         return 0
-    batch.check(x, "dropout")
-    return batch.start * (x.size // x.shape[0])
+    return batch.start * batch.per_row(x, "dropout") * (x.size // x.shape[0])
 
 
 def _channel_sums(a):
@@ -160,8 +167,7 @@ def _global_count(x, batch: BatchSlice) -> int:
     """Values per channel in the whole batch, of which ``x`` (N, C, H, W) holds ``batch``'s rows."""
     if batch.allreduce is None:
         return x.size // x.shape[1]
-    batch.check(x, "batch_norm")
-    return batch.rows * x.shape[2] * x.shape[3]
+    return batch.rows * batch.per_row(x, "batch_norm") * x.shape[2] * x.shape[3]
 
 
 def _batch_statistics(xc, count: int, allreduce):

@@ -47,8 +47,8 @@ class Tensor:
     does, with a Python number or an array allowed on either side.
     ``bool(t)`` is NumPy's: the truth of a one-element tensor, else ValueError.
     ``+= -= *= /=`` write into the data in place and bump its version, as
-    PyTorch's: under :func:`no_grad` for a tensor that requires gradients
-    (``p -= lr * p.grad``), since the tape records no in-place operation.
+    PyTorch's (``p -= lr * p.grad`` under :func:`no_grad`); where the tape would
+    have to record them they compute ``h = h + x`` (see :func:`xpgrad.backprop.in_place`).
     """
 
     __slots__ = ("data", "grad", "requires_grad", "creator", "_grad_slot", "_counter", "__weakref__")

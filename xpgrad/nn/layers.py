@@ -175,6 +175,8 @@ class ModuleList(Module):
         return self.layers[self._position(index)]
 
     def __setitem__(self, index, module) -> None:
+        if isinstance(index, slice):  # as PyTorch's ModuleList
+            raise TypeError("ModuleList[i] = module takes one integer index, not a slice; use extend or insert")
         self.layers[self._position(index)] = _checked(module, "ModuleList[i] = ...")
 
     def __delitem__(self, index) -> None:

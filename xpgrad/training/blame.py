@@ -22,8 +22,13 @@ Whose fault it is:
   logits that do not depend on the parameters, a parameter that gets no
   gradient, a parameter whose data was replaced.
 
-Anything else is xpgrad's own bug and keeps its traceback; so does every
-failure of a built-in model (``mlp``, ``cnn``), which is xpgrad's code.
+Anything else is xpgrad's own bug and keeps its traceback, even in the
+forward pass: a Python error (AttributeError, IndexError, ...) raised inside
+xpgrad's code rather than by one of its checks (a ``raise`` there); so does an error of the
+environment (its type from CuPy or mpi4py: CUDA, cuBLAS, NCCL, MPI), every
+failure of a built-in model (``mlp``, ``cnn``), which is xpgrad's code, and a
+failure while a step is being recorded as a CUDA graph (the recording says
+why it failed, and ``--graph auto`` trains on without it).
 KeyboardInterrupt (Ctrl-C and the signals xpgrad turns into it) and
 MemoryError (the run says what to shrink) are never caught here, nor, in a
 step or evaluation, xpgrad's own errors (a step that a CUDA graph cannot
@@ -33,15 +38,21 @@ record says so itself).
 from __future__ import annotations
 
 import contextlib
+import linecache
 import os
 import sys
 import sysconfig
 
 from .. import backprop
+from ..backend import graph as _graph
 from ..errors import ModelError, XpgradError, one_line
 from ..tensor import Tensor
 
 _HINT = " (XPGRAD_DEBUG=1 shows the traceback)"
+# Errors of the machine, not of a model: CUDA, cuBLAS and NCCL (CuPy), MPI (mpi4py).
+_ENVIRONMENT = frozenset({"cupy", "cupy_backends", "cupyx", "mpi4py"})
+# What Python raises for a bug, rather than what a check raises: in xpgrad's own code, xpgrad's bug.
+_BUGS = (AttributeError, NameError, KeyError, IndexError, ZeroDivisionError, AssertionError, RecursionError)
 #: Where a training step is when it fails: the phases of :meth:`xpgrad.training.Trainer`'s step.
 FORWARD, LOSS, BACKWARD, UPDATE = "forward", "loss", "backward", "update"
 
@@ -111,18 +122,21 @@ class Blame:
         self.where = spec.named()
         self._folders = spec.source_folders()
         self._library = _library_folders()
+        self._xpgrad = self._library[:1]  # xpgrad's own folder
         self._files = {}  # file name -> whether it is the model's code
 
     def step(self, exc: BaseException, phase: str, logits, loss, shape) -> None:
         """Raise a :class:`StepFailure` if ``exc``, raised in ``phase`` of a training step on a batch of
         ``shape``, is the model's fault; return (for the caller to re-raise ``exc``) if it is not."""
-        if self.spec.kind == "builtin" or isinstance(exc, (XpgradError, MemoryError)):
+        if self._not_the_models(exc) or _graph.recording:
             return
         batch = f"a ({', '.join(map(str, shape))}) batch"
         if phase == FORWARD or isinstance(exc, SystemExit) or (phase == BACKWARD and self._raised_by_model(exc)):
-            what = "the forward pass" if phase in (FORWARD, LOSS) else "the backward pass"
+            what = {FORWARD: "the forward pass", LOSS: "the forward pass", BACKWARD: "the backward pass"}.get(
+                phase, "the update")
             expected = (f"(N, {self.num_classes}) logits" if phase in (FORWARD, LOSS) else
-                        "the model's own Functions to return one gradient per input")
+                        "the model's own Functions to return one gradient per input" if phase == BACKWARD else
+                        "the model's code to leave the update to the optimizer")
             self._fail(exc, lambda at: f"{self.where}: {what} in training ({at}, {batch}) {did(exc)}; "
                                        f"expected {expected}{_HINT}")
         if phase == LOSS:
@@ -137,7 +151,7 @@ class Blame:
             self._fail(exc, lambda at: f"{self.where}: the model replaced the data of {_named(replaced)} in "
                                        f"training ({at}) (p.data = ...), so the optimizer's update no longer "
                                        f"reaches {it}; update parameters in place (with no_grad(): "
-                                       "p.data[...] = new) or not at all")
+                                       "p -= ..., or p.data[...] = new) or not at all")
         if phase == BACKWARD and loss is not None and not loss.requires_grad:
             self._fail(exc, lambda at: f"{self.where}: the model's logits in training ({at}) do not depend on its "
                                        "parameters (made from .data, as a new Tensor, or under no_grad()), so no "
@@ -153,7 +167,7 @@ class Blame:
     def evaluation(self, exc: BaseException, logits, shape, words: str) -> None:
         """Raise a ModelError if ``exc``, raised evaluating a batch of ``shape`` (``words`` say which), is the
         model's fault: its forward pass raised (``logits`` None), or the logits it gave are wrong."""
-        if self.spec.kind == "builtin" or isinstance(exc, (XpgradError, MemoryError)):
+        if self._not_the_models(exc):
             return
         if logits is None or isinstance(exc, SystemExit):
             fail(exc, f"{self.where}: the forward pass in evaluation ({words}) {did(exc)}; expected "
@@ -161,6 +175,23 @@ class Blame:
         problem = logits_problem(logits, (shape[0], self.num_classes))
         if problem:
             fail(exc, f"{self.where}: the forward pass in evaluation ({words}) {problem}")
+
+    def _not_the_models(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is never the model's fault, wherever it was raised: a built-in model, xpgrad's own
+        errors, memory, the environment's errors, and a Python error raised inside xpgrad (a bug there)."""
+        if self.spec.kind == "builtin" or isinstance(exc, (XpgradError, MemoryError)):
+            return True
+        if type(exc).__module__.partition(".")[0] in _ENVIRONMENT:
+            return True
+        if not isinstance(exc, _BUGS):
+            return False
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or not _under(os.path.realpath(tb.tb_frame.f_code.co_filename), self._xpgrad):
+            return False
+        # A `raise` in xpgrad is one of its checks (ModuleList's index, say): about the model's use of it.
+        return not linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
 
     def _fail(self, exc, words) -> None:
         if debugging():

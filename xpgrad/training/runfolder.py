@@ -96,8 +96,7 @@ class RunFolder:
             what = "a file" if os.path.isfile(out) else kind_of(os.stat(out).st_mode)
             raise RunFolderError(f"--out {out} is {what}, not a folder; pass a folder for the run's outputs")
         try:
-            self.created = _missing_folders(out)  # out and the parents makedirs makes, leaf first
-            os.makedirs(out, exist_ok=True)
+            self.created = _make_folders(out)  # out and the parents it needed, leaf first
             with tempfile.TemporaryFile(dir=out):  # unnamed (O_TMPFILE): nothing to leave behind
                 pass
         except OSError as exc:
@@ -290,13 +289,25 @@ def plot_curves(metrics, path) -> bool:
     return True
 
 
-def _missing_folders(path) -> list:
-    """The folders ``os.makedirs(path)`` would create: path and its missing parents, leaf first."""
-    missing, path = [], os.path.abspath(path)
-    while not os.path.lexists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
+def _make_folders(path) -> list:
+    """Create ``path``'s missing folders, root first, as ``os.makedirs`` does (``new/../x`` makes ``new``, which
+    the path goes through); return those this call created, leaf first, so that they can be removed again."""
+    prefixes, p = [], os.fspath(path)
+    while True:
+        head, tail = os.path.split(p)
+        if not tail:  # a trailing separator
+            head, tail = os.path.split(head)
+        prefixes.append((p, tail))
+        if not head or head == p:
             break
-        path = parent
-    return missing
+        p = head
+    created = []
+    for folder, tail in reversed(prefixes):
+        if tail in (os.curdir, os.pardir) or os.path.lexists(folder):
+            continue
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # made meanwhile by another process: not ours to remove
+            continue
+        created.append(folder)
+    return created[::-1]
