@@ -4,11 +4,14 @@ import gzip
 import hashlib
 import os
 import shutil
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import xpgrad
 from xpgrad import data
 
 # The real MNIST test split and train labels (canonical files); shared/ sits beside the checkout.
@@ -123,3 +126,22 @@ def files(folder: Path) -> set[str]:
 def with_mirrors(monkeypatch, name: str, *urls: str, md5: bool = False) -> None:
     monkeypatch.setitem(data.DATASETS, name, replace(tiny_spec(md5) if name == "mnist-t10k" else data.DATASETS[name],
                                                      mirrors=tuple(urls)))
+
+
+PACKAGE = Path(xpgrad.__file__).resolve().parent
+
+
+def raised_by_xpgrad(exc) -> bool:
+    """Whether ``exc`` came from a ``raise`` statement in xpgrad's source (a check, not NumPy's internals)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return Path(frame.filename).resolve().is_relative_to(PACKAGE) and frame.line.startswith("raise")
+
+
+def assert_bad_argument(call, error, words) -> None:
+    """``call()`` raises ``error`` (ValueError or TypeError) from one of xpgrad's checks, in one line matching
+    ``words``: issue 20's rule for an argument at the API's boundary."""
+    with pytest.raises(error, match=words) as info:
+        call()
+    assert type(info.value) in (ValueError, TypeError), f"{type(info.value).__name__}, not ValueError or TypeError"
+    assert raised_by_xpgrad(info.value), traceback.format_exception(info.value)
+    assert "\n" not in str(info.value)
